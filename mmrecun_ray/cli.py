@@ -1,0 +1,216 @@
+"""Command line: ``python -m mmrecun_ray <command> --help``.
+
+Every command that produces results writes ``metrics.json`` into ``--out``. Bad input
+exits with code 2 and one line naming the file, column or id at fault.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from typing import Any, Callable, Sequence
+
+from mmrecun_ray.errors import ConfigError, MMRecUNError
+
+logger = logging.getLogger("mmrecun_ray")
+
+
+def parse_sets(items: Sequence[str] | None) -> dict[str, Any]:
+    """``["lr=0.01", "ks=[10,20]", "name=x"]`` -> dict; values parsed as JSON when possible."""
+    out: dict[str, Any] = {}
+    for item in items or []:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r}: expected key=value")
+        k, v = item.split("=", 1)
+        try:
+            out[k.strip()] = json.loads(v)
+        except json.JSONDecodeError:
+            out[k.strip()] = v
+    return out
+
+
+def _add_scaling(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("scaling (Ray Train)")
+    g.add_argument("--workers", type=int, default=2,
+                   help="Ray Train workers (DDP ranks). 0 = local mode: the loop runs in this "
+                        "process, no worker actors (default: 2)")
+    g.add_argument("--gpus", action="store_true",
+                   help="one GPU per worker, NCCL backend (default: CPU workers with gloo)")
+    g.add_argument("--cpus-per-worker", type=float, default=0.5,
+                   help="CPU reservation per worker; fractions leave CPU for Ray Data and Tune "
+                        "drivers on small machines (default: 0.5)")
+    g.add_argument("--max-failures", type=int, default=0,
+                   help="restart a failed worker group this many times, resuming from the "
+                        "last checkpoint (default: 0)")
+    g.add_argument("--storage", default=None,
+                   help="where Ray Train keeps run checkpoints: local folder or s3:// prefix "
+                        "(default: <out>/ray)")
+
+
+def _add_s3(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("object storage (else AWS_* environment variables)")
+    g.add_argument("--s3-endpoint", default=None, help="S3 endpoint URL, e.g. http://127.0.0.1:8333 "
+                   "(else AWS_ENDPOINT_URL)")
+    g.add_argument("--s3-region", default=None, help="S3 region (else AWS_REGION)")
+    g.add_argument("--s3-profile", default=None, help="AWS profile for credentials (else AWS_PROFILE)")
+
+
+def _scaling(args: argparse.Namespace, out: str):
+    from mmrecun_ray.storage import join
+    from mmrecun_ray.training.runner import Scaling
+    return Scaling(workers=args.workers, gpus=args.gpus, cpus_per_worker=args.cpus_per_worker,
+                   max_failures=args.max_failures, storage_uri=args.storage or join(out, "ray"))
+
+
+def _configure_storage(args: argparse.Namespace) -> None:
+    if any(getattr(args, a, None) for a in ("s3_endpoint", "s3_region", "s3_profile")):
+        from mmrecun_ray.storage import uri as su
+        if hasattr(su, "configure"):
+            su.configure(su.S3Settings(endpoint_url=args.s3_endpoint, region=args.s3_region,
+                                       profile=args.s3_profile))
+
+
+# --- commands ----------------------------------------------------------------------------
+
+def cmd_prepare(args: argparse.Namespace) -> int:
+    if args.source == "mmrec":
+        from mmrecun_ray.data.mmrec_import import prepare_mmrec
+        m = prepare_mmrec(args.src, args.out, name=args.name)
+    else:
+        from mmrecun_ray.data.synthetic import prepare_synthetic
+        m = prepare_synthetic(args.preset, args.seed, args.out)
+    print(f"published {m.name}: {m.n_users} users, {m.n_items} items, "
+          f"{m.counts} interactions, modalities {m.modalities} -> {args.out}")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from mmrecun_ray.training.train import train
+    res = train(args.data, args.model, args.out, _scaling(args, args.out),
+                sets={**parse_sets(args.set), **({"epochs": args.epochs} if args.epochs else {})})
+    t = res.metrics["metrics"]["test"]
+    print(f"{args.model}: test recall@20 {t['recall@20']:.4f} ndcg@20 {t['ndcg@20']:.4f} "
+          f"in {res.metrics['wall_seconds']:.1f}s ({res.metrics['epochs_run']} epochs) -> {args.out}")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    import time
+
+    import numpy as np
+
+    from mmrecun_ray.data.dataset import load_dataset
+    from mmrecun_ray.evaluation.evaluate import evaluate_model
+    from mmrecun_ray.training.export import load_model
+    from mmrecun_ray.training.train import write_metrics
+    t0 = time.perf_counter()
+    ds = load_dataset(args.data)
+    model, info = load_model(args.model_uri, ds)
+    banned = np.asarray(info.banned_items, dtype=np.int64) if info.banned_items else None
+    metrics = evaluate_model(model, ds, banned_items=banned)
+    write_metrics(args.out, {"command": "evaluate", "model": info.model, "model_uri": args.model_uri,
+                             "data": args.data, "wall_seconds": time.perf_counter() - t0,
+                             "metrics": metrics})
+    t = metrics["test"]
+    print(f"{info.model}: test recall@20 {t['recall@20']:.4f} ndcg@20 {t['ndcg@20']:.4f} -> {args.out}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from mmrecun_ray.demo import run_demo
+    return run_demo(args.out, workers=args.workers)
+
+
+def _lazy(module: str, func: str) -> Callable[[argparse.Namespace], int]:
+    def run(args: argparse.Namespace) -> int:
+        import importlib
+        return getattr(importlib.import_module(module), func)(args)
+    return run
+
+
+EXTRA_COMMANDS: list[str] = [
+    # modules providing add_parsers(subparsers, add_scaling, add_s3)
+    "mmrecun_ray.unlearning.cli",
+    "mmrecun_ray.tuning.cli",
+    "mmrecun_ray.storage.cli",
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m mmrecun_ray",
+        description="Train multi-modal recommenders on Ray and make them forget (MMRecUN).")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    pp = sub.add_parser("prepare", help="publish a dataset version (Parquet + manifest)")
+    psub = pp.add_subparsers(dest="source", required=True, metavar="SOURCE")
+    pm = psub.add_parser("mmrec", help="import the MMRec layout (NAME.inter + *_feat.npy)")
+    pm.add_argument("--src", required=True, help="folder with NAME.inter and *_feat.npy files")
+    pm.add_argument("--out", required=True, help="dataset URI to publish (folder or s3:// prefix)")
+    pm.add_argument("--name", default=None, help="dataset name (default: the .inter file's stem)")
+    _add_s3(pm)
+    pm.set_defaults(func=cmd_prepare)
+    ps = psub.add_parser("synthetic", help="generate a dataset with planted structure")
+    ps.add_argument("--preset", default="tiny", help="tiny | baby | sports | clothing (default: tiny)")
+    ps.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    ps.add_argument("--out", required=True, help="dataset URI to publish (folder or s3:// prefix)")
+    _add_s3(ps)
+    ps.set_defaults(func=cmd_prepare)
+
+    pt = sub.add_parser("train", help="train a recommender with Ray Train (DDP)")
+    pt.add_argument("--data", required=True, help="dataset URI (folder or s3:// prefix)")
+    pt.add_argument("--model", required=True, help="model name: mf | vbpr | lightgcn | freedom | mgcn")
+    pt.add_argument("--out", required=True, help="output URI: model/ and metrics.json go here")
+    pt.add_argument("--epochs", type=int, default=None, help="maximum epochs (early stopping on "
+                    "validation recall@20 may stop sooner; default: 200)")
+    pt.add_argument("--set", action="append", metavar="KEY=VALUE",
+                    help="loop setting (batch_size, learning_rate, reg_weight, patience, seed, ...) "
+                         "or model parameter (embedding_dim, n_layers, knn_k, ...); repeatable")
+    _add_scaling(pt)
+    _add_s3(pt)
+    pt.set_defaults(func=cmd_train)
+
+    pe = sub.add_parser("evaluate", help="full-ranking evaluation of an exported model")
+    pe.add_argument("--model-uri", required=True, help="exported model folder (…/model)")
+    pe.add_argument("--data", required=True, help="dataset URI to evaluate on")
+    pe.add_argument("--out", required=True, help="output URI for metrics.json")
+    _add_s3(pe)
+    pe.set_defaults(func=cmd_evaluate)
+
+    pd = sub.add_parser("demo", help="run the main job on an embedded default (synthetic data, "
+                                     "local folder, local Ray) and print a summary")
+    pd.add_argument("--out", default="runs/demo", help="output folder (default: runs/demo)")
+    pd.add_argument("--workers", type=int, default=2, help="Ray Train workers (default: 2)")
+    pd.set_defaults(func=cmd_demo)
+
+    import importlib
+    for module in EXTRA_COMMANDS:
+        try:
+            mod = importlib.import_module(module)
+        except ModuleNotFoundError as e:
+            if e.name != module:
+                raise
+            continue
+        mod.add_parsers(sub, _add_scaling, _add_s3)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        _configure_storage(args)
+        return int(args.func(args) or 0)
+    except MMRecUNError as e:
+        logger.error("%s", e)
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,97 @@
+"""Configuration of the one training/unlearning loop and of its inputs."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+import numpy as np
+
+from mmrecun_ray.errors import ConfigError
+
+OBJECTIVES = ("bpr", "mmrecun", "neggrad")
+
+
+@dataclass
+class LoopConfig:
+    """What the loop optimises and when it stops.
+
+    ``objective``:
+      - ``bpr``: ``BPR(D) + reg * L2 + aux`` over the training set (training, Gold,
+        fine-tuning). One epoch = one pass over the (sharded) training pairs.
+      - ``mmrecun``: ``alpha * RBPR(D_f) + beta * (BPR(D_r) + aux) + reg * L2``. One epoch =
+        one pass over the (sharded) forget pairs; each forget batch is paired with a retain
+        batch of ``batch_size / forget_ratio`` pairs streamed from the retain set.
+      - ``neggrad``: as ``mmrecun`` with ``-BPR`` on the forget set (unbounded baseline).
+    """
+
+    model: str
+    params: dict[str, Any] = field(default_factory=dict)
+    objective: str = "bpr"
+    epochs: int = 200
+    batch_size: int = 2048
+    learning_rate: float = 1e-3
+    reg_weight: float = 1e-4
+    patience: int = 10
+    eval_every: int = 1
+    alpha: float = 1.0
+    beta: float = 1.0
+    forget_ratio: float = 1.0
+    max_steps: int | None = None
+    forget_target_recall: float | None = None
+    min_valid_ratio: float | None = None
+    seed: int = 0
+    shuffle_buffer: int = 20_000
+    eval_ks: tuple[int, ...] = (10, 20, 50)
+    log_every_s: float = 10.0
+
+    def __post_init__(self) -> None:
+        if self.objective not in OBJECTIVES:
+            raise ConfigError(f"objective {self.objective!r}: expected one of {OBJECTIVES}")
+        if self.batch_size <= 0 or self.epochs <= 0:
+            raise ConfigError("batch_size and epochs must be positive")
+        if self.forget_ratio <= 0:
+            raise ConfigError("forget_ratio must be positive")
+        self.eval_ks = tuple(int(k) for k in self.eval_ks)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "LoopConfig":
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ConfigError(f"unknown loop settings {unknown}; known: {sorted(names)}")
+        return cls(**d)
+
+
+@dataclass
+class LoopInputs:
+    """Read-only arrays every worker needs whole; put once in the object store and shared
+    (zero-copy) by all workers on a node.
+
+    Attributes:
+        graph_edges: ``(2, E)`` int64 propagation graph (train, or retain when unlearning).
+        known_keys: ``(E,)`` int64 pair keys ``u * n_items + i`` of the training pairs:
+            never sampled as negatives, masked at evaluation.
+        features: modality -> ``(n_items, d)`` float32.
+        valid_user / valid_item: ``(V,)`` int64 validation pairs.
+        forget_user / forget_item: ``(F,)`` int64 forget pairs (unlearning only).
+        init_state: model state dict (numpy) to start from (unlearning, fine-tuning).
+        active_items: ``(n_items,)`` bool; False = left the catalogue (never ranked).
+        manifest_hash: content hash of the dataset version trained on.
+    """
+
+    n_users: int
+    n_items: int
+    graph_edges: np.ndarray
+    known_keys: np.ndarray
+    features: dict[str, np.ndarray]
+    valid_user: np.ndarray
+    valid_item: np.ndarray
+    forget_user: np.ndarray | None = None
+    forget_item: np.ndarray | None = None
+    init_state: dict[str, np.ndarray] | None = None
+    active_items: np.ndarray | None = None
+    manifest_hash: str = ""

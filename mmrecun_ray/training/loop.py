@@ -1,0 +1,273 @@
+"""The one training/unlearning loop, run by every Ray Train worker (or in-process in
+local mode). Parametrised by :class:`~mmrecun_ray.training.config.LoopConfig.objective`.
+
+Per step: stream a batch of positive pairs from this worker's Ray Data shard, sample
+negatives, compute full-graph embeddings (DDP all-reduces the gradients), apply the
+objective. Per epoch: sharded full-ranking validation (each rank ranks a slice of the
+users, sums are all-reduced), early stopping, and ``ray.train.report`` with a checkpoint
+when validation improves.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import ray
+import ray.train
+import ray.train.torch
+import torch
+import torch.distributed as dist
+
+from mmrecun_ray.evaluation.ranking import build_csr, evaluate_split
+from mmrecun_ray.models import build_model
+from mmrecun_ray.models.base import ModelOutput, Recommender
+from mmrecun_ray.objectives import bpr_loss, negated_bpr_loss, pair_scores, reverse_bpr_loss
+from mmrecun_ray.training.config import LoopConfig, LoopInputs
+from mmrecun_ray.training.sampler import NegativeSampler
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT_FILE = "checkpoint.pt"
+
+
+def _fetch(obj: Any) -> Any:
+    """Resolve an object-store reference (zero-copy numpy on the same node)."""
+    return ray.get(obj) if isinstance(obj, ray.ObjectRef) else obj
+
+
+def _core(model: torch.nn.Module) -> Recommender:
+    return model.module if hasattr(model, "module") else model  # type: ignore[return-value]
+
+
+def make_model(cfg: LoopConfig, inputs: LoopInputs, device: torch.device) -> Recommender:
+    """Build the model on ``device`` with its graph and features installed."""
+    feats = {k: torch.from_numpy(np.ascontiguousarray(v)).float() for k, v in inputs.features.items()}
+    model = build_model(cfg.model, inputs.n_users, inputs.n_items, feats, cfg.params)
+    if inputs.active_items is not None and model.uses_features:
+        model.set_item_features(feats, torch.from_numpy(np.asarray(inputs.active_items)))
+    if inputs.init_state is not None:
+        state = {k: torch.as_tensor(np.array(v)) for k, v in inputs.init_state.items()}
+        model.load_state_dict(state, strict=False)
+    model = model.to(device)
+    model.set_graph(torch.from_numpy(np.ascontiguousarray(inputs.graph_edges)).to(device))
+    return model
+
+
+def _cycle(shard: Any, batch_size: int, seed: int, buffer: int) -> Iterator[dict[str, torch.Tensor]]:
+    """Endless stream of batches from a Ray Data shard (re-iterated per pass)."""
+    while True:
+        got = False
+        for batch in shard.iter_torch_batches(batch_size=batch_size, dtypes=torch.int64,
+                                              local_shuffle_buffer_size=buffer,
+                                              local_shuffle_seed=seed):
+            got = True
+            yield batch
+        if not got:
+            return
+        seed += 1
+
+
+def _world() -> tuple[int, int]:
+    ctx = ray.train.get_context()
+    return ctx.get_world_rank(), ctx.get_world_size()
+
+
+def _allreduce(values: np.ndarray, device: torch.device) -> np.ndarray:
+    """Sum a float vector over workers (identity in a single process)."""
+    if dist.is_available() and dist.is_initialized():
+        t = torch.as_tensor(values, dtype=torch.float64, device=device)
+        dist.all_reduce(t)
+        return t.cpu().numpy()
+    return values
+
+
+@torch.no_grad()
+def sharded_evaluate(out: ModelOutput, inputs: LoopInputs, target_user: np.ndarray,
+                     target_item: np.ndarray, ks: tuple[int, ...], rank: int, world: int,
+                     device: torch.device) -> dict[str, float]:
+    """Full-ranking metrics on ``target`` pairs, users split over ranks, exact after the
+    all-reduce (each rank contributes ``mean * n_users`` sums)."""
+    users_all = np.unique(target_user)
+    mine = users_all[users_all % world == rank]
+    known_u = inputs.known_keys // inputs.n_items
+    known_i = inputs.known_keys % inputs.n_items
+    csr = build_csr(known_u, known_i, inputs.n_users)
+    banned = None if inputs.active_items is None else np.flatnonzero(~np.asarray(inputs.active_items))
+    sel = np.isin(target_user, mine)
+    if mine.size:
+        m = evaluate_split(out.user, out.item, csr, (target_user[sel], target_item[sel]),
+                           inputs.n_users, inputs.n_items, ks=ks, banned_items=banned)
+        n = float(m.get("n_users", mine.size))
+    else:
+        m, n = {}, 0.0
+    keys = [f"{name}@{k}" for k in ks for name in ("recall", "ndcg", "precision", "map", "hit")]
+    vec = np.array([m.get(k, 0.0) * n for k in keys] + [n], dtype=np.float64)
+    vec = _allreduce(vec, device)
+    total = max(vec[-1], 1.0)
+    res = {k: float(v / total) for k, v in zip(keys, vec[:-1])}
+    res["n_users"] = float(vec[-1])
+    return res
+
+
+def _save_checkpoint(path: Path, model: torch.nn.Module, opt: torch.optim.Optimizer,
+                     cfg: LoopConfig, epoch: int, best: dict[str, Any], metrics: dict[str, Any],
+                     manifest_hash: str) -> None:
+    torch.save({"model_state": _core(model).state_dict(), "optimizer_state": opt.state_dict(),
+                "loop_config": cfg.to_dict(), "epoch": epoch, "best": best, "metrics": metrics,
+                "manifest_hash": manifest_hash}, path / CHECKPOINT_FILE)
+
+
+def train_loop(config: dict[str, Any]) -> dict[str, Any]:
+    """Ray Train worker function.
+
+    ``config``: ``{"loop": LoopConfig.to_dict(), "inputs": ObjectRef[LoopInputs] | LoopInputs}``.
+    Datasets: ``"train"`` (retain) and, for unlearning objectives, ``"forget"``; columns
+    ``user_id``, ``item_id``.
+
+    Returns (rank 0's value reaches the driver): best validation metrics, epochs run, and
+    the best model state (numpy) so local mode needs no checkpoint storage.
+    """
+    cfg = LoopConfig.from_dict(config["loop"])
+    inputs: LoopInputs = _fetch(config["inputs"])
+    rank, world = _world()
+    device = ray.train.torch.get_device()
+    torch.manual_seed(cfg.seed)
+    np_seed = cfg.seed * 1000 + rank
+
+    model = make_model(cfg, inputs, device)
+    model = ray.train.torch.prepare_model(
+        model, parallel_strategy_kwargs={"find_unused_parameters": getattr(model, "find_unused_parameters", False)})
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.learning_rate)
+
+    start_epoch, best = 0, {"score": -math.inf, "epoch": -1, "metrics": {}, "state": None}
+    resumed = ray.train.get_checkpoint()
+    if resumed is not None:
+        with resumed.as_directory() as d:
+            ck = torch.load(Path(d) / CHECKPOINT_FILE, map_location=device, weights_only=False)
+        _core(model).load_state_dict(ck["model_state"], strict=False)
+        opt.load_state_dict(ck["optimizer_state"])
+        start_epoch, best = ck["epoch"] + 1, ck["best"]
+        logger.info("resumed from checkpoint at epoch %d", ck["epoch"])
+
+    unlearning = cfg.objective in ("mmrecun", "neggrad")
+    allowed = None if inputs.active_items is None else np.flatnonzero(np.asarray(inputs.active_items))
+    sampler = NegativeSampler(inputs.known_keys, inputs.n_items, allowed, seed=np_seed)
+    train_shard = ray.train.get_dataset_shard("train")
+    if unlearning:
+        forget_shard = ray.train.get_dataset_shard("forget")
+        retain_bs = max(1, int(round(cfg.batch_size / cfg.forget_ratio)))
+        retain_stream = _cycle(train_shard, retain_bs, np_seed, cfg.shuffle_buffer)
+    reverse = reverse_bpr_loss if cfg.objective == "mmrecun" else negated_bpr_loss
+
+    steps, stale, t0, last_log = 0, 0, time.perf_counter(), 0.0
+    epoch, history = start_epoch - 1, []
+    initial_valid: float | None = None
+    for epoch in range(start_epoch, cfg.epochs):
+        model.train()
+        ep_loss, ep_batches, ep_t = 0.0, 0, time.perf_counter()
+        driver = forget_shard if unlearning else train_shard
+        for batch in driver.iter_torch_batches(batch_size=cfg.batch_size, dtypes=torch.int64,
+                                               local_shuffle_buffer_size=cfg.shuffle_buffer,
+                                               local_shuffle_seed=np_seed + epoch):
+            out = model()
+            core = _core(model)
+            if unlearning:
+                fu, fi = batch["user_id"].to(device), batch["item_id"].to(device)
+                fj = sampler.sample_torch(fu)
+                fps, fns = pair_scores(out, fu, fi, fj)
+                rb = next(retain_stream)
+                u, i = rb["user_id"].to(device), rb["item_id"].to(device)
+            else:
+                u, i = batch["user_id"].to(device), batch["item_id"].to(device)
+            j = sampler.sample_torch(u)
+            ps, ns = pair_scores(out, u, i, j)
+            loss = cfg.beta * (bpr_loss(ps, ns) + core.auxiliary_loss(out, u, i, j)) \
+                + cfg.reg_weight * core.regularization(out, u, i, j)
+            if unlearning:
+                loss = loss + cfg.alpha * reverse(fps, fns)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            ep_loss += float(loss.detach())
+            ep_batches += 1
+            steps += 1
+            if cfg.max_steps is not None and steps >= cfg.max_steps:
+                break
+        budget_done = cfg.max_steps is not None and steps >= cfg.max_steps
+        last_epoch = epoch == cfg.epochs - 1 or budget_done
+        if (epoch + 1) % cfg.eval_every and not last_epoch:
+            continue
+
+        model.eval()
+        with torch.no_grad():
+            out = _core(model)()
+        metrics: dict[str, Any] = {"epoch": epoch, "steps": steps,
+                                   "loss": ep_loss / max(ep_batches, 1),
+                                   "epoch_seconds": time.perf_counter() - ep_t}
+        valid = sharded_evaluate(out, inputs, inputs.valid_user, inputs.valid_item,
+                                 cfg.eval_ks, rank, world, device)
+        metrics.update({f"valid_{k}": v for k, v in valid.items()})
+        score = valid.get("recall@20", 0.0)
+        if initial_valid is None:
+            initial_valid = score
+        stop = False
+        if unlearning and inputs.forget_user is not None and inputs.forget_user.size:
+            forget = sharded_evaluate(out, inputs, inputs.forget_user, inputs.forget_item,
+                                      cfg.eval_ks, rank, world, device)
+            metrics.update({f"forget_{k}": v for k, v in forget.items()})
+            if cfg.forget_target_recall is not None and forget["recall@20"] <= cfg.forget_target_recall:
+                stop = True
+            if (cfg.min_valid_ratio is not None and initial_valid
+                    and score < cfg.min_valid_ratio * initial_valid):
+                logger.warning("validation recall fell below %.2f of its start; stopping",
+                               cfg.min_valid_ratio)
+                stop = True
+            # unlearning keeps the latest state: forgetting is the goal, not valid recall
+            improved = True
+        else:
+            improved = score > best["score"]
+        if improved:
+            best = {"score": score, "epoch": epoch, "metrics": dict(metrics), "state": None}
+            stale = 0
+        else:
+            stale += cfg.eval_every
+            if stale >= cfg.patience:
+                stop = True
+        metrics["best_valid_recall@20"] = best["score"]
+        metrics["best_epoch"] = best["epoch"]
+        history.append(metrics)
+
+        if rank == 0 and time.perf_counter() - last_log >= cfg.log_every_s or stop or last_epoch:
+            if rank == 0:
+                done = epoch + 1 - start_epoch
+                per = (time.perf_counter() - t0) / max(done, 1)
+                logger.info("epoch %d/%d loss %.4f valid recall@20 %.4f (best %.4f @%d) "
+                            "%.2fs/epoch ETA<=%.0fs", epoch + 1, cfg.epochs, metrics["loss"],
+                            score, best["score"], best["epoch"] + 1, per,
+                            per * (cfg.epochs - epoch - 1))
+                last_log = time.perf_counter()
+        if improved:
+            with tempfile.TemporaryDirectory(prefix="mmrecun-ckpt-") as d:
+                checkpoint = None
+                if rank == 0:
+                    _save_checkpoint(Path(d), model, opt, cfg, epoch, best, metrics,
+                                     inputs.manifest_hash)
+                    checkpoint = ray.train.Checkpoint.from_directory(d)
+                    best["state"] = {k: v.detach().cpu().numpy().copy()
+                                     for k, v in _core(model).state_dict().items()}
+                ray.train.report(metrics, checkpoint=checkpoint)
+        else:
+            ray.train.report(metrics)
+        if stop or budget_done:
+            break
+
+    return {"best_score": best["score"], "best_epoch": best["epoch"],
+            "best_metrics": best["metrics"], "epochs_run": epoch + 1 - start_epoch,
+            "steps": steps, "train_seconds": time.perf_counter() - t0,
+            "state": best["state"], "history": history}

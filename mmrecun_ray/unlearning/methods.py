@@ -1,0 +1,209 @@
+"""Unlearning methods. All but SISA run the one loop (:mod:`mmrecun_ray.training.loop`)
+under Ray Train, differing only in objective, starting point and data:
+
+==========  =================  ==============  ================================
+method      objective          starts from     data streamed
+==========  =================  ==============  ================================
+mmrecun     mmrecun (RBPR)     trained model   forget shard + retain shard
+gold        bpr                scratch         retain
+finetune    bpr                trained model   retain
+neggrad     neggrad (-BPR)     trained model   forget shard + retain shard
+sisa        bpr per shard      shard models    affected shards' retain data
+==========  =================  ==============  ================================
+
+The propagation graph is always the retain graph (forgotten edges are gone before the
+first step), items that left the catalogue are masked everywhere, and modality features
+dropped by the request are removed before the model is rebuilt.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import ray.data
+
+from mmrecun_ray.data.schema import RecDataset
+from mmrecun_ray.errors import ConfigError
+from mmrecun_ray.training.config import LoopConfig
+from mmrecun_ray.training.export import ModelInfo, read_model_info, read_state
+from mmrecun_ray.training.runner import LoopResult, Scaling, run_loop
+from mmrecun_ray.training.train import loop_inputs
+from mmrecun_ray.unlearning.requests import ForgetSet
+
+logger = logging.getLogger(__name__)
+
+METHODS = ("mmrecun", "gold", "finetune", "neggrad", "sisa")
+
+
+@dataclass
+class UnlearnSettings:
+    """Knobs of the unlearning methods (``--set key=value``).
+
+    Attributes:
+        alpha: weight of the reverse BPR term on D_f.
+        beta: weight of the BPR (+ auxiliary) term on D_r.
+        epochs: budget in passes over D_f (mmrecun, neggrad) or over D_r (finetune).
+        max_steps: optional hard budget in optimizer steps.
+        forget_ratio: forget batch size / retain batch size of each step.
+        batch_size: forget batch size (mmrecun, neggrad) or retain batch size (finetune).
+        learning_rate: None = the trained model's learning rate.
+        forget_target: stop once forget-set Recall@20 <= this; ``"auto"`` = the trained
+            model's validation Recall@20 on retain users (forgotten pairs should rank no
+            better than never-seen positives), None = run the full budget.
+        min_valid_ratio: stop if validation Recall@20 falls below this fraction of its
+            starting value.
+        sisa_shards: number of SISA shards.
+        seed: RNG seed.
+    """
+
+    alpha: float = 1.0
+    beta: float = 1.0
+    epochs: int = 10
+    max_steps: int | None = None
+    forget_ratio: float = 1.0
+    batch_size: int = 1024
+    learning_rate: float | None = None
+    forget_target: float | str | None = "auto"
+    min_valid_ratio: float | None = 0.8
+    sisa_shards: int = 4
+    seed: int = 0
+
+    @classmethod
+    def from_sets(cls, sets: dict[str, Any]) -> "UnlearnSettings":
+        names = set(cls.__dataclass_fields__)
+        unknown = sorted(set(sets) - names)
+        if unknown:
+            raise ConfigError(f"unknown unlearning settings {unknown}; known: {sorted(names)}")
+        return cls(**sets)
+
+
+@dataclass
+class MethodResult:
+    """A method's output model (state + metadata) and its cost."""
+
+    method: str
+    state: dict[str, Any]
+    info: ModelInfo
+    wall_seconds: float
+    loop: LoopResult | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def pairs_dataset(user: np.ndarray, item: np.ndarray) -> ray.data.Dataset:
+    """``(F,)`` pairs as a Ray Dataset (``user_id``, ``item_id``) in the object store."""
+    return ray.data.from_arrow(pa.table({"user_id": np.asarray(user, dtype=np.int64),
+                                         "item_id": np.asarray(item, dtype=np.int64)}))
+
+
+def active_mask(fset: ForgetSet, n_items: int) -> np.ndarray | None:
+    if fset.banned_items.size == 0 and not fset.dropped_features:
+        return None
+    mask = np.ones(n_items, dtype=bool)
+    mask[fset.banned_items] = False
+    return mask
+
+
+def _retain_inputs(fset: ForgetSet, init_state: dict[str, Any] | None):
+    inputs = loop_inputs(fset.retain, active_mask(fset, fset.retain.n_items))
+    inputs.forget_user = fset.forget.user.astype(np.int64)
+    inputs.forget_item = fset.forget.item.astype(np.int64)
+    inputs.init_state = init_state
+    return inputs
+
+
+def _info(base: ModelInfo, fset: ForgetSet, method: str, retain_uri: str,
+          loop_config: dict[str, Any]) -> ModelInfo:
+    lineage = list(base.lineage) + [{"method": method, "request_id": fset.request_id,
+                                     "kind": fset.request.kind, "forget_pairs": len(fset.forget)}]
+    return replace(base, data_uri=retain_uri, manifest_hash=fset.retain.manifest.content_hash(),
+                   loop_config=loop_config, banned_items=sorted(set(base.banned_items)
+                                                                | set(fset.banned_items.tolist())),
+                   dropped_features={**base.dropped_features,
+                                     **{m: v.tolist() for m, v in fset.dropped_features.items()}},
+                   modalities={m: d for m, d in base.modalities.items() if m in fset.retain.features},
+                   metrics={}, lineage=lineage)
+
+
+def _base_cfg(info: ModelInfo) -> LoopConfig:
+    return LoopConfig.from_dict({**info.loop_config, "model": info.model, "params": info.params})
+
+
+def forget_target(settings: UnlearnSettings, reference_valid_recall: float | None) -> float | None:
+    if settings.forget_target == "auto":
+        return reference_valid_recall
+    return None if settings.forget_target is None else float(settings.forget_target)
+
+
+def run_mmrecun(model_uri: str, fset: ForgetSet, retain_data: ray.data.Dataset, retain_uri: str,
+                scaling: Scaling, settings: UnlearnSettings, objective: str = "mmrecun",
+                reference_valid_recall: float | None = None) -> MethodResult:
+    """MMRecUN (``objective="mmrecun"``) or NegGrad (``"neggrad"``) from the trained model."""
+    t0 = time.perf_counter()
+    base = read_model_info(model_uri)
+    state = {k: v.numpy() for k, v in read_state(model_uri).items()}
+    base_cfg = _base_cfg(base)
+    if len(fset.forget) == 0:  # modality requests: nothing to reverse, repair on D_r
+        return run_finetune(model_uri, fset, retain_data, retain_uri, scaling, settings,
+                            method=objective)
+    cfg = replace(base_cfg, objective=objective, epochs=settings.epochs,
+                  max_steps=settings.max_steps, alpha=settings.alpha, beta=settings.beta,
+                  forget_ratio=settings.forget_ratio, batch_size=settings.batch_size,
+                  learning_rate=settings.learning_rate or base_cfg.learning_rate,
+                  forget_target_recall=forget_target(settings, reference_valid_recall),
+                  min_valid_ratio=settings.min_valid_ratio, seed=settings.seed, eval_every=1,
+                  patience=10**6)
+    inputs = _retain_inputs(fset, state)
+    datasets = {"train": retain_data, "forget": pairs_dataset(fset.forget.user, fset.forget.item)}
+    res = run_loop(cfg, inputs, datasets, scaling, name=f"unlearn-{objective}")
+    return MethodResult(objective, res.state or state, _info(base, fset, objective, retain_uri,
+                                                             cfg.to_dict()),
+                        time.perf_counter() - t0, res)
+
+
+def run_finetune(model_uri: str, fset: ForgetSet, retain_data: ray.data.Dataset, retain_uri: str,
+                 scaling: Scaling, settings: UnlearnSettings, method: str = "finetune") -> MethodResult:
+    """Continue BPR training on D_r only (retain graph), ``settings.epochs`` passes."""
+    t0 = time.perf_counter()
+    base = read_model_info(model_uri)
+    state = {k: v.numpy() for k, v in read_state(model_uri).items()}
+    base_cfg = _base_cfg(base)
+    cfg = replace(base_cfg, objective="bpr", epochs=settings.epochs, max_steps=settings.max_steps,
+                  learning_rate=settings.learning_rate or base_cfg.learning_rate,
+                  seed=settings.seed, patience=10**6)
+    res = run_loop(cfg, _retain_inputs(fset, state), {"train": retain_data}, scaling,
+                   name=f"unlearn-{method}")
+    return MethodResult(method, res.state or state, _info(base, fset, method, retain_uri, cfg.to_dict()),
+                        time.perf_counter() - t0, res)
+
+
+def run_gold(model_uri: str, fset: ForgetSet, retain_data: ray.data.Dataset, retain_uri: str,
+             scaling: Scaling, settings: UnlearnSettings) -> MethodResult:
+    """Retrain from scratch on D_r with the trained model's original configuration."""
+    t0 = time.perf_counter()
+    base = read_model_info(model_uri)
+    cfg = _base_cfg(base)
+    res = run_loop(cfg, _retain_inputs(fset, None), {"train": retain_data}, scaling, name="unlearn-gold")
+    return MethodResult("gold", res.state or {}, _info(base, fset, "gold", retain_uri, cfg.to_dict()),
+                        time.perf_counter() - t0, res)
+
+
+def run_method(method: str, model_uri: str, fset: ForgetSet, retain_data: ray.data.Dataset,
+               retain_uri: str, scaling: Scaling, settings: UnlearnSettings,
+               reference_valid_recall: float | None = None) -> MethodResult:
+    """Dispatch by name (see the table in the module docstring)."""
+    if method in ("mmrecun", "neggrad"):
+        return run_mmrecun(model_uri, fset, retain_data, retain_uri, scaling, settings,
+                           objective=method, reference_valid_recall=reference_valid_recall)
+    if method == "finetune":
+        return run_finetune(model_uri, fset, retain_data, retain_uri, scaling, settings)
+    if method == "gold":
+        return run_gold(model_uri, fset, retain_data, retain_uri, scaling, settings)
+    if method == "sisa":
+        from mmrecun_ray.unlearning.sisa import run_sisa
+        return run_sisa(model_uri, fset, retain_uri, scaling, settings, retain_data)
+    raise ConfigError(f"unknown method {method!r}; known: {', '.join(METHODS)}")

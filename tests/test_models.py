@@ -1,0 +1,340 @@
+"""Model zoo: registry, shapes, gradients, graphs (user-item and kNN), and a planted-data
+training check where every model must beat the popularity ranking."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from mmrecun_ray.errors import ConfigError, DataError
+from mmrecun_ray.models import MODELS, build_model, default_params, model_names
+from mmrecun_ray.models.base import ModelOutput, Recommender
+from mmrecun_ray.models.graph import (knn_edges, knn_normalized, modality_weights,
+                                      normalized_adjacency, user_item_block)
+
+ALL = ["mf", "vbpr", "lightgcn", "freedom", "mgcn"]
+GRAPH = ["lightgcn", "freedom", "mgcn"]
+FEATURE = ["vbpr", "freedom", "mgcn"]
+
+
+# -- helpers ------------------------------------------------------------------------------
+def small_problem(seed: int = 0, n_users: int = 30, n_items: int = 25, n_edges: int = 200
+                  ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Random ``(2, E)`` edges (every user and item present) and two modalities."""
+    g = torch.Generator().manual_seed(seed)
+    users = torch.cat([torch.arange(n_users), torch.randint(0, n_users, (n_edges,), generator=g)])
+    items = torch.cat([torch.arange(n_users) % n_items,
+                       torch.randint(0, n_items, (n_edges,), generator=g)])
+    feats = {"image": torch.rand(n_items, 20, generator=g),
+             "text": torch.randn(n_items, 12, generator=g)}
+    return torch.stack([users, items]), feats
+
+
+def batch_loss(model: Recommender, out: ModelOutput, users: torch.Tensor, pos: torch.Tensor,
+               neg: torch.Tensor, reg_weight: float) -> torch.Tensor:
+    """The training loss the loop uses: BPR + reg_weight * L2 + the model's own loss."""
+    u = out.user[users]
+    bpr = F.softplus((u * out.item[neg]).sum(-1) - (u * out.item[pos]).sum(-1)).mean()
+    return (bpr + reg_weight * model.regularization(out, users, pos, neg)
+            + model.auxiliary_loss(out, users, pos, neg))
+
+
+def dense(m: torch.Tensor) -> torch.Tensor:
+    return m.to_dense()
+
+
+# -- registry -----------------------------------------------------------------------------
+def test_registry_names_defaults_and_errors() -> None:
+    assert model_names() == ALL
+    assert set(MODELS) == set(ALL)
+    for name in ALL:
+        p = default_params(name)
+        assert p["embedding_dim"] == 64
+        assert p["learning_rate"] > 0 and p["reg_weight"] >= 0
+        p["embedding_dim"] = 3  # a copy: the defaults stay intact
+        assert default_params(name)["embedding_dim"] == 64
+    assert default_params("freedom")["knn_k"] == 10
+    assert default_params("freedom")["dropout"] == 0.8
+    assert default_params("mgcn")["cl_loss"] == 0.01
+    with pytest.raises(ConfigError, match="known models: mf, vbpr, lightgcn, freedom, mgcn"):
+        build_model("ngcf", 3, 3, {})
+    with pytest.raises(ConfigError, match="known models"):
+        default_params("nope")
+
+
+@pytest.mark.parametrize("name", FEATURE)
+def test_feature_models_reject_a_dataset_without_features(name: str) -> None:
+    with pytest.raises(ConfigError, match="no modality features"):
+        build_model(name, 4, 5, {})
+
+
+def test_bad_inputs_are_named() -> None:
+    edges, feats = small_problem()
+    with pytest.raises(ConfigError, match="'text' has shape"):
+        build_model("mgcn", 30, 25, {"text": torch.zeros(24, 3)})
+    model = build_model("lightgcn", 30, 25, {})
+    with pytest.raises(ConfigError, match="set_graph"):
+        model()
+    with pytest.raises(DataError, match="item id 25"):
+        model.set_graph(torch.tensor([[0], [25]]))
+    fm = build_model("freedom", 30, 25, feats)
+    with pytest.raises(ConfigError, match="'audio' was not present"):
+        fm.set_item_features({"audio": torch.zeros(25, 4)})
+
+
+# -- shapes, dtypes, gradients ------------------------------------------------------------
+@pytest.mark.parametrize("name", ALL)
+def test_shapes_dtypes_and_every_parameter_gets_a_gradient(name: str) -> None:
+    torch.manual_seed(0)
+    edges, feats = small_problem()
+    model = build_model(name, 30, 25, feats, {"embedding_dim": 16})
+    model.set_graph(edges)
+    model.train()
+    out = model()
+    width = 32 if name == "vbpr" else 16
+    assert out.user.shape == (30, width) and out.item.shape == (25, width)
+    assert out.user.dtype == torch.float32 and out.item.dtype == torch.float32
+    users, pos, neg = torch.arange(30), edges[1, :30], torch.randint(0, 25, (30,))
+    loss = batch_loss(model, out, users, pos, neg, default_params(name)["reg_weight"])
+    assert torch.isfinite(loss)
+    loss.backward()
+    for pname, p in model.named_parameters():
+        assert p.grad is not None, f"{name}: {pname} got no gradient"
+        assert p.grad.abs().sum() > 0, f"{name}: {pname} got an all-zero gradient"
+    # checkpoints carry parameters only (graphs and raw features are re-installed)
+    assert set(model.state_dict()) == {k for k, _ in model.named_parameters()}
+
+
+@pytest.mark.parametrize("name", FEATURE)
+def test_dropping_a_modality_changes_output_and_keeps_gradients(name: str) -> None:
+    torch.manual_seed(0)
+    edges, feats = small_problem()
+    model = build_model(name, 30, 25, feats, {"embedding_dim": 16})
+    model.set_graph(edges)
+    model.eval()
+    before = model().item.detach().clone()
+    model.set_item_features({"text": feats["text"]})
+    assert model.active_modalities == ["text"]
+    model.train()
+    out = model()
+    assert not torch.allclose(out.item.detach(), before)
+    users, pos, neg = torch.arange(30), edges[1, :30], torch.randint(0, 25, (30,))
+    batch_loss(model, out, users, pos, neg, 1e-4).backward()
+    # dropped layers stay in the autograd graph (zero gradient): DDP needs no
+    # find_unused_parameters
+    assert all(p.grad is not None for p in model.parameters())
+    assert float(model.projection["image"].weight.grad.abs().sum()) == 0.0
+
+
+def test_model_moves_graphs_and_features_with_dtype_changes() -> None:
+    edges, feats = small_problem()
+    for name in GRAPH + ["vbpr"]:
+        model = build_model(name, 30, 25, feats, {"embedding_dim": 8}).double()
+        model.set_graph(edges)
+        model.eval()
+        out = model()
+        assert out.user.dtype == torch.float64 and out.item.dtype == torch.float64
+
+
+# -- user-item graph ----------------------------------------------------------------------
+def test_normalized_adjacency_hand_computed() -> None:
+    # u0-i0, u0-i1, u1-i0: deg u0=2, u1=1, i0=2, i1=1 ; node(i) = 2 + i
+    edges = torch.tensor([[0, 0, 1, 1], [0, 1, 0, 0]])  # duplicate u1-i0 is ignored
+    a = dense(normalized_adjacency(torch.tensor([[0, 0, 1], [0, 1, 0]]), 2, 2))
+    expected = torch.zeros(4, 4)
+    for u, i, v in [(0, 0, 0.5), (0, 1, 1 / math.sqrt(2)), (1, 0, 1 / math.sqrt(2))]:
+        expected[u, 2 + i] = expected[2 + i, u] = v
+    torch.testing.assert_close(a, expected)
+    model = build_model("lightgcn", 2, 2, {})
+    model.set_graph(edges)
+    torch.testing.assert_close(dense(model.adjacency), expected)
+    r = dense(user_item_block(torch.tensor([[0, 0, 1], [0, 1, 0]]), 2, 2))
+    torch.testing.assert_close(r, expected[:2, 2:])
+
+
+@pytest.mark.parametrize("name", GRAPH)
+def test_set_graph_with_fewer_edges_removes_them_from_propagation(name: str) -> None:
+    torch.manual_seed(0)
+    edges, feats = small_problem()
+    n_users = 30
+    model = build_model(name, n_users, 25, feats, {"embedding_dim": 16})
+    model.set_graph(edges)
+    model.eval()
+    full = model()
+    keep = torch.ones(edges.shape[1], dtype=torch.bool)
+    keep[::3] = False
+    # a pair both kept and removed (duplicate) would stay: remove by pair
+    removed_pairs = {(int(u), int(i)) for u, i in edges[:, ~keep].T}
+    retain = torch.stack([e for e in edges.T if (int(e[0]), int(e[1])) not in removed_pairs]).T
+    model.set_graph(retain)
+    after = model()
+    assert not torch.allclose(full.user, after.user)
+    assert not torch.allclose(full.item, after.item)
+    a = dense(model.adjacency)
+    for u, i in removed_pairs:
+        assert a[u, n_users + i] == 0 and a[n_users + i, u] == 0
+    for u, i in retain.T.tolist():
+        assert a[u, n_users + i] > 0 and a[n_users + i, u] > 0
+    n_unique = len({tuple(e) for e in retain.T.tolist()})
+    assert int((a > 0).sum()) == 2 * n_unique
+    if name == "mgcn":
+        r = dense(model.derived()["user_item"])
+        torch.testing.assert_close(r, a[:n_users, n_users:])
+    if name == "freedom":
+        model.train()
+        pruned = dense(model.pruned_adjacency())
+        kept_now = int((pruned > 0).sum()) // 2
+        assert kept_now == int(n_unique * 0.2)  # dropout 0.8 keeps 20 %
+        assert bool(((pruned > 0) <= (a > 0)).all())  # only retained edges survive
+
+
+# -- kNN item graphs ----------------------------------------------------------------------
+HAND = torch.tensor([[1.0, 0.0], [1.0, 0.1], [0.0, 1.0], [0.1, 1.0], [-1.0, 0.0], [-1.0, -0.1]])
+
+
+def neighbour_sets(index: torch.Tensor, n: int) -> list[set[int]]:
+    out: list[set[int]] = [set() for _ in range(n)]
+    for r, c in index.T.tolist():
+        out[r].add(c)
+    return out
+
+
+def test_knn_on_a_hand_made_feature_matrix() -> None:
+    index, sim = knn_edges(HAND, 2)
+    assert neighbour_sets(index, 6) == [{0, 1}, {0, 1}, {2, 3}, {2, 3}, {4, 5}, {4, 5}]
+    torch.testing.assert_close(sim.reshape(6, 2)[:, 0], torch.ones(6))  # self first
+    # unweighted (FREEDOM): every row has degree 2 -> 1/2 per edge
+    g = dense(knn_normalized(HAND, 2))
+    assert torch.allclose(g[g > 0], torch.full((12,), 0.5))
+    # weighted (MGCN): w_01 = cos(item0, item1) / sqrt(d_0 d_1)
+    c01 = float(F.cosine_similarity(HAND[0:1], HAND[1:2]))
+    gw = dense(knn_normalized(HAND, 2, weighted=True))
+    d = 1 + c01
+    assert gw[0, 1].item() == pytest.approx(c01 / d, rel=1e-5)
+    assert gw[0, 0].item() == pytest.approx(1 / d, rel=1e-5)
+
+
+def test_knn_inactive_and_zero_feature_items_have_no_edges() -> None:
+    feats = HAND.clone()
+    feats[2] = 0.0  # a forgotten feature row
+    active = torch.ones(6, dtype=torch.bool)
+    active[1] = False
+    index, _ = knn_edges(feats, 2, active)
+    nb = neighbour_sets(index, 6)
+    assert nb[1] == set() and nb[2] == set()
+    assert all(1 not in s and 2 not in s for s in nb)
+    # item 0 loses item 1: its next best is item 3 (cos 0.0995 > 0 > -0.995)
+    assert nb[0] == {0, 3}
+    assert nb[3] == {3, 0}
+
+
+def test_knn_batching_matches_one_block() -> None:
+    g = torch.Generator().manual_seed(3)
+    feats = torch.randn(50, 16, generator=g)
+    a_idx, a_sim = knn_edges(feats, 5, chunk_rows=7)
+    b_idx, b_sim = knn_edges(feats, 5, chunk_rows=1024)
+    assert torch.equal(a_idx, b_idx)
+    torch.testing.assert_close(a_sim, b_sim)
+
+
+def test_modality_weights() -> None:
+    assert modality_weights(["image", "text"], 0.1) == pytest.approx({"image": 0.1, "text": 0.9})
+    assert modality_weights(["text", "audio"], 0.1) == pytest.approx({"text": 0.5, "audio": 0.5})
+    assert modality_weights(["text"], 0.1) == {"text": 1.0}
+    assert modality_weights(["a", "b"], 0.1, {"a": 3, "b": 1}) == pytest.approx({"a": 0.75, "b": 0.25})
+
+
+def test_model_item_graphs_follow_features_and_active_items() -> None:
+    feats = {"image": torch.cat([HAND, HAND.flip(1)], 1), "text": HAND.clone()}
+    fm = build_model("freedom", 3, 6, feats, {"knn_k": 2, "embedding_dim": 4})
+    mg = build_model("mgcn", 3, 6, feats, {"knn_k": 2, "embedding_dim": 4})
+    expect = 0.1 * dense(knn_normalized(feats["image"], 2)) + 0.9 * dense(knn_normalized(HAND, 2))
+    torch.testing.assert_close(dense(fm.item_graph), expect)
+    assert set(mg.item_graphs) == {"image", "text"}
+    active = torch.tensor([True, True, True, False, True, True])
+    for model in (fm, mg):
+        model.set_item_features({"text": HAND}, active)
+    g = dense(fm.item_graph)
+    torch.testing.assert_close(g, dense(knn_normalized(HAND, 2, active)))
+    assert g[3].abs().sum() == 0 and g[:, 3].abs().sum() == 0
+    assert list(mg.item_graphs) == ["text"]
+    gm = dense(mg.item_graphs["text"])
+    assert gm[3].abs().sum() == 0 and gm[:, 3].abs().sum() == 0
+
+
+# -- planted data: every model beats popularity --------------------------------------------
+def make_planted() -> dict[str, object]:
+    """Users and items with rank-6 latent factors; each user picks 16 items by a noisy
+    top-k of ``<U_u, V_i> + popularity``; 4 per user held out. Features are noisy linear
+    projections of the item factors."""
+    g = torch.Generator().manual_seed(7)
+    n_users, n_items, rank, per_user, held = 240, 160, 6, 16, 4
+    u = torch.randn(n_users, rank, generator=g)
+    v = torch.randn(n_items, rank, generator=g)
+    pop = 0.8 * torch.randn(n_items, generator=g)
+    gumbel = -torch.log(-torch.log(torch.rand(n_users, n_items, generator=g)))
+    chosen = torch.topk(u @ v.T + pop + gumbel, per_user, dim=1).indices  # (n_users, 16)
+    train_items, test_items = chosen[:, held:], chosen[:, :held]
+    users = torch.arange(n_users).unsqueeze(1)
+    train = torch.stack([users.expand_as(train_items).reshape(-1), train_items.reshape(-1)])
+    feats = {"image": v @ torch.randn(rank, 48, generator=g) + 0.3 * torch.randn(n_items, 48, generator=g),
+             "text": v @ torch.randn(rank, 24, generator=g) + 0.3 * torch.randn(n_items, 24, generator=g)}
+    seen = torch.zeros(n_users, n_items, dtype=torch.bool)
+    seen[train[0], train[1]] = True
+    return {"n_users": n_users, "n_items": n_items, "train": train, "test": test_items,
+            "features": feats, "seen": seen}
+
+
+@pytest.fixture(scope="module")
+def planted() -> dict[str, object]:
+    return make_planted()
+
+
+def recall_at_k(scores: torch.Tensor, seen: torch.Tensor, test: torch.Tensor, k: int = 20) -> float:
+    """Mean Recall@k of ``(n_users, n_items)`` scores, train items masked."""
+    top = torch.topk(scores.masked_fill(seen, float("-inf")), k, dim=1).indices
+    hits = (top.unsqueeze(2) == test.unsqueeze(1)).any(dim=1).sum(dim=1).float()
+    return float((hits / test.shape[1]).mean())
+
+
+def sample_negatives(users: torch.Tensor, seen: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    """Uniform items each user has not interacted with in train."""
+    neg = torch.randint(0, seen.shape[1], users.shape, generator=g)
+    bad = seen[users, neg]
+    while bool(bad.any()):
+        neg[bad] = torch.randint(0, seen.shape[1], (int(bad.sum()),), generator=g)
+        bad = seen[users, neg]
+    return neg
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_planted_training_beats_popularity(name: str, planted: dict) -> None:
+    torch.manual_seed(0)
+    train, seen, test = planted["train"], planted["seen"], planted["test"]
+    n_users, n_items = planted["n_users"], planted["n_items"]
+    popularity = torch.bincount(train[1], minlength=n_items).float()
+    pop_recall = recall_at_k(popularity.expand(n_users, -1), seen, test)
+
+    model = build_model(name, n_users, n_items, planted["features"], {"embedding_dim": 32})
+    model.set_graph(train)
+    reg = default_params(name)["reg_weight"]
+    opt = torch.optim.Adam(model.parameters(), lr=0.01)
+    g = torch.Generator().manual_seed(1)
+    model.train()
+    for _ in range(250):
+        idx = torch.randint(0, train.shape[1], (512,), generator=g)
+        users, pos = train[0, idx], train[1, idx]
+        neg = sample_negatives(users, seen, g)
+        out = model()
+        loss = batch_loss(model, out, users, pos, neg, reg)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+    with torch.no_grad():
+        out = model()
+        recall = recall_at_k(out.user @ out.item.T, seen, test)
+    assert recall > pop_recall + 0.05, f"{name}: recall@20 {recall:.3f} vs popularity {pop_recall:.3f}"
