@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from xml.etree import ElementTree
 from pathlib import Path
 
 import numpy as np
@@ -214,7 +215,8 @@ def test_write_report_files(tmp_path: Path) -> None:
     # missing values are dashes; neggrad's speed-up comes from wall time
     assert "| neggrad | — | — | 0.0100 | — | — | — | 20.0 | 6.0× | — |" in md
     assert "| finetune | 0.1800 | — | 0.0700 | — | 0.800 | — | 60.0 | 2.0× | — |" in md
-    assert re.search(r"finetune: FAIL \(forget Recall@20 0\.0700 <= Gold 0\.0500", md)
+    assert "finetune: FAIL (forget Recall@20 0.0700 > Gold 0.0500 + 0.01 = 0.0600)" in md
+    assert "finetune: FAIL (retain Recall@20 0.1800 < 0.95 x Gold 0.2000 = 0.1900)" in md
     assert "mmrecun: PASS (speed-up 10.0x >= 5x)" in md
     assert "Methods meeting every criterion: mmrecun." in md
 
@@ -222,7 +224,10 @@ def test_write_report_files(tmp_path: Path) -> None:
     assert page.count("<svg") == 4
     for name in ("gold", "mmrecun", "finetune", "neggrad"):
         assert f">{name}</text>" in page
-    assert "0.5 = chance" in page and "(log scale)" not in page
+    assert "0.5 = chance" in page
+    assert "Wall time (s) (log scale)" in page          # 12 s .. 120 s spans a decade
+    for svg in re.findall(r"<svg.*?</svg>", page, flags=re.S):
+        ElementTree.fromstring(svg)                      # each chart is well-formed XML
 
     data = json.loads(Path(out["json"]).read_text())
     assert data["verdicts"]["finetune"]["retain"]["pass"] is False
@@ -237,5 +242,8 @@ def test_report_without_gold_and_log_scale(tmp_path: Path) -> None:
     page = Path(out["html"]).read_text()
     assert "a&lt;b" in page and "a<b" not in page
     assert "(log scale)" in page
+    close = [{**rs[0], "wall_seconds": 2.0}, {**rs[1], "wall_seconds": 3.0}]
+    out = write_report(str(tmp_path), close, {})
+    assert "(log scale)" not in Path(out["html"]).read_text()
     with pytest.raises(ConfigError, match="appears twice"):
         write_report(str(tmp_path), rs + [{"method": "c"}], {})

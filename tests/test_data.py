@@ -314,7 +314,8 @@ def test_loader_rejects_bad_features(tmp_path):
         load_dataset(out)
     emb = pa.FixedSizeListArray.from_arrays(pa.array([0, 1, 2, 3, np.nan, 5, 6, 7], pa.float32()), 2)
     _tamper(out, rel, pa.table({"item_id": pa.array([3, 2, 1, 0], pa.int64()), "embedding": emb}))
-    with pytest.raises(DataError, match=r"text\.parquet: modality 'text' has NaN/inf values; first bad item_id 1"):
+    with pytest.raises(DataError,
+                       match=r"text\.parquet: modality 'text' has NaN/inf values; first bad item_id 1"):
         load_dataset(out)
     # rows stored out of order are put back in item order
     emb = pa.FixedSizeListArray.from_arrays(pa.array([6, 7, 4, 5, 2, 3, 0, 1], pa.float32()), 2)
@@ -497,14 +498,14 @@ def test_import_baby(tmp_path):
 
 
 # -- Ray Data ------------------------------------------------------------------------------------
-def test_ray_datasets_match_numpy(tmp_path):
+def test_ray_datasets_match_numpy(tmp_path, monkeypatch):
     ray = pytest.importorskip("ray")
     from mmrecun_ray.data.dataset import features_dataset, features_to_numpy, interactions_dataset
 
     out = tmp_path / "tiny"
     prepare_synthetic("tiny", 2, out)
     ds = load_dataset(out)
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    monkeypatch.setenv("RAY_AUTH_MODE", os.environ.get("RAY_AUTH_MODE", "disabled"))
     started = not ray.is_initialized()
     if started:
         ray.init(address="local", num_cpus=2, object_store_memory=200 * 1024 ** 2,

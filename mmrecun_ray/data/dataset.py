@@ -356,8 +356,8 @@ def interactions_dataset(uri: str | Path, split: str) -> "ray.data.Dataset":
     m = read_manifest(uri)
     fs, root = resolve(uri)
     paths = [posixpath.join(root, rel) for rel in _interaction_files(m)]
-    ds = ray.data.read_parquet(paths, filesystem=fs, columns=[USER_COL, ITEM_COL, SPLIT_COL],
-                               partitioning=None)
+    ds = ray.data.read_parquet(paths, filesystem=fs, partitioning=None)
+    ds = ds.select_columns([USER_COL, ITEM_COL, SPLIT_COL])  # projection is pushed into the read
     return ds.filter(expr=col(SPLIT_COL) == split).select_columns([USER_COL, ITEM_COL])
 
 

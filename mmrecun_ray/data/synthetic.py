@@ -163,6 +163,8 @@ def _sample_items(truth: dict[str, Any], counts: np.ndarray, rng: np.random.Gene
     without replacement. Processed in user blocks of ~``_BLOCK_ELEMS`` scores.
     Returns ``(N,)`` user and item int64 arrays (users ascending).
     """
+    import torch
+
     n_users, n_items = counts.shape[0], truth["item_factors"].shape[0]
     block = max(1, _BLOCK_ELEMS // n_items)
     out_u: list[np.ndarray] = []
@@ -178,9 +180,8 @@ def _sample_items(truth: dict[str, Any], counts: np.ndarray, rng: np.random.Gene
         g -= noise  # logit + Gumbel(0, 1)
         c = counts[users]
         k = int(c.max())
-        part = np.argpartition(g, n_items - k, axis=1)[:, n_items - k:]
-        order = np.argsort(-np.take_along_axis(g, part, axis=1), axis=1, kind="stable")
-        top = np.take_along_axis(part, order, axis=1)
+        # top-k per row, largest first (torch.topk is several times faster than argpartition)
+        top = torch.topk(torch.from_numpy(g), k, dim=1, sorted=True).indices.numpy()
         keep = np.arange(k)[None, :] < c[:, None]
         out_u.append(np.broadcast_to(users[:, None], top.shape)[keep])
         out_i.append(top[keep])

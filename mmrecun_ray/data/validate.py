@@ -55,8 +55,8 @@ def check_integer_ids(values: np.ndarray, column: str, where: str, row_offset: i
         bad = ~np.isfinite(arr) | (arr != np.round(arr))
         if bad.any():
             r = int(np.flatnonzero(bad)[0])
-            raise DataError(f"{where}: column '{column}' must hold integer ids; {row_label} {r + row_offset} "
-                            f"has {arr[r].item()!r}")
+            raise DataError(f"{where}: column '{column}' must hold integer ids; "
+                            f"{row_label} {r + row_offset} has {arr[r].item()!r}")
         return arr.astype(np.int64)
     first = arr[0].item() if arr.size else None
     raise DataError(f"{where}: column '{column}' must hold integer ids, got dtype {arr.dtype} "
@@ -78,20 +78,6 @@ def check_id_range(ids: np.ndarray, upper: int, column: str, where: str, row_off
         r = int(np.flatnonzero(bad)[0])
         raise DataError(f"{where}: column '{column}' {row_label} {r + row_offset} has id {int(ids[r])}, "
                         f"outside 0..{upper - 1}")
-
-
-def check_split_labels(labels: np.ndarray, where: str, column: str = "split", row_offset: int = 0) -> None:
-    """Raise if a label is not one of ``train``/``valid``/``test``; names the first bad row.
-
-    Args:
-        labels: ``(N,)`` array of strings.
-    """
-    arr = np.asarray(labels)
-    bad = ~np.isin(arr, np.array(SPLITS, dtype=object))
-    if bad.any():
-        r = int(np.flatnonzero(bad)[0])
-        raise DataError(f"{where}: column '{column}' row {r + row_offset} has unknown split label "
-                        f"{arr[r]!s}; expected one of {list(SPLITS)}")
 
 
 def check_splits_nonempty(counts: Mapping[str, int], where: str) -> None:

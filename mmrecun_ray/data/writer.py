@@ -245,17 +245,25 @@ def _publish_local(target: Path, uri: str, overwrite: bool, table: pa.Table, row
             raise StorageError(f"{uri}: write failed, nothing published (any previous version is "
                                f"untouched): {e}") from e
         state = _local_target_state(target)
-        if state == "empty":
-            target.rmdir()
-        elif state != "absent":
-            if not overwrite:
-                _refuse(uri, state)
-            old = target.with_name(f".{target.name}.old-{uuid.uuid4().hex}")
-            os.rename(target, old)
+        if state in ("version", "other") and not overwrite:
+            _refuse(uri, state)  # another writer published meanwhile
+        try:
+            if state == "empty":
+                target.rmdir()
+            elif state != "absent":
+                old = target.with_name(f".{target.name}.old-{uuid.uuid4().hex}")
+                os.rename(target, old)
+                try:
+                    os.rename(tmp, target)
+                except OSError:
+                    os.rename(old, target)  # put the previous version back
+                    raise
+                shutil.rmtree(old, ignore_errors=True)
+                return manifest
             os.rename(tmp, target)
-            shutil.rmtree(old, ignore_errors=True)
-            return manifest
-        os.rename(tmp, target)
+        except OSError as e:
+            raise StorageError(f"{uri}: could not move the new version into place (concurrent "
+                               f"publish?): {e}") from e
         return manifest
     finally:
         if tmp.exists():

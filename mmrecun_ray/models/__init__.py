@@ -8,6 +8,7 @@ vbpr        VBPR (He & McAuley, AAAI 2016)                         no         ye
 lightgcn    LightGCN (He et al., SIGIR 2020)                       yes        no
 freedom     FREEDOM (Zhou & Shen, ACM MM 2023)                     yes        yes
 mgcn        MGCN (Yu et al., ACM MM 2023)                          yes        yes
+sisa        SISA ensemble of one of the above (Bourtoule 2021)     as base    as base
 ==========  =====================================================  =========  ==========
 
 Checkpoints hold parameters only: after ``load_state_dict`` call ``set_graph`` (and, for
@@ -27,6 +28,7 @@ from mmrecun_ray.models.freedom import FREEDOM
 from mmrecun_ray.models.lightgcn import LightGCN
 from mmrecun_ray.models.mf import MF
 from mmrecun_ray.models.mgcn import MGCN
+from mmrecun_ray.models.sisa import SISA
 from mmrecun_ray.models.vbpr import VBPR
 
 MODELS: dict[str, type[Recommender]] = {
@@ -35,6 +37,8 @@ MODELS: dict[str, type[Recommender]] = {
     "lightgcn": LightGCN,
     "freedom": FREEDOM,
     "mgcn": MGCN,
+    # SISA ensemble of any model above (users sharded); built by `unlearn --method sisa`
+    "sisa": SISA,
 }
 
 __all__ = ["MODELS", "ModelOutput", "Recommender", "build_model", "default_params",

@@ -15,9 +15,11 @@ Definitions (matching MMRec's reference implementation):
 - LightGCN propagation (``n_ui_layers``, mean of layers) over user/item id embeddings;
   final item embedding = propagated + ``h``.
 - Modality projections ``f_m = Linear(d_m, d)(features_m)`` with auxiliary BPR losses
-  ``reg_weight * sum_m BPR(u, f_m[pos], f_m[neg])`` using the final user embeddings.
-  As in MMRec, FREEDOM has no L2 embedding penalty: :meth:`FREEDOM.regularization`
-  returns 0 and ``reg_weight`` weighs the modality losses instead (the paper's lambda).
+  ``mm_loss_weight * sum_m BPR(u, f_m[pos], f_m[neg])`` using the final user embeddings
+  (the paper's lambda; MMRec's config calls it ``reg_weight``, renamed here because the
+  training loop owns ``reg_weight`` for the L2 term).
+- L2: MMRec's FREEDOM has none, so ``reg_weight`` defaults to 0; when set, the penalty is
+  on the batch's ego (id) embeddings, as for LightGCN.
 
 Deviations, stated: the pruned graph is re-drawn at every training forward (MMRec draws it
 once per epoch; the contract has no epoch hook), and raw features are fixed inputs (MMRec
@@ -53,7 +55,8 @@ class FREEDOM(UserItemGraphMixin, ItemFeaturesMixin, Recommender):
     DEFAULTS: ClassVar[dict[str, Any]] = {
         "embedding_dim": 64,
         "learning_rate": 1e-3,
-        "reg_weight": 1e-4,  # weight of the modality BPR losses (paper's lambda)
+        "reg_weight": 0.0,  # L2 on ego embeddings: none in the paper / MMRec
+        "mm_loss_weight": 1e-4,  # paper's lambda on the modality BPR losses
         "knn_k": 10,
         "n_mm_layers": 1,
         "n_ui_layers": 2,
@@ -72,7 +75,7 @@ class FREEDOM(UserItemGraphMixin, ItemFeaturesMixin, Recommender):
         self.n_mm_layers = int(self.params["n_mm_layers"])
         self.n_ui_layers = int(self.params["n_ui_layers"])
         self.dropout = float(self.params["dropout"])
-        self.reg_weight = float(self.params["reg_weight"])
+        self.mm_loss_weight = float(self.params["mm_loss_weight"])
         self.user_embedding = nn.Embedding(self.n_users, d)
         self.item_embedding = nn.Embedding(self.n_items, d)
         nn.init.xavier_uniform_(self.user_embedding.weight)
@@ -92,19 +95,19 @@ class FREEDOM(UserItemGraphMixin, ItemFeaturesMixin, Recommender):
     def item_graph(self) -> torch.Tensor:
         """``(n_items, n_items)`` sparse frozen multimodal item-item graph (built lazily)."""
         store = self.derived()
-        if "knn.combined" not in store:
+        if "item_graph" not in store:
             names = list(self.active_modalities)
             weights = modality_weights(names, float(self.params["mm_image_weight"]),
                                        self.params.get("modality_weights"))
             if names:
                 mats = {m: self.knn_graph(m, self.knn_k, weighted=False) for m in names}
-                store["knn.combined"] = combine_sparse(mats, weights)
+                store["item_graph"] = combine_sparse(mats, weights)
             else:
                 empty = torch.zeros((2, 0), dtype=torch.long, device=self.model_device())
-                store["knn.combined"] = sparse_matrix(
+                store["item_graph"] = sparse_matrix(
                     empty, torch.zeros(0, device=self.model_device(), dtype=self.model_dtype()),
                     (self.n_items, self.n_items))
-        return store["knn.combined"]
+        return store["item_graph"]
 
     def pruned_adjacency(self) -> torch.Tensor:
         """``(N, N)`` normalised adjacency of a fresh degree-sensitive sample of the
@@ -135,17 +138,19 @@ class FREEDOM(UserItemGraphMixin, ItemFeaturesMixin, Recommender):
 
     def auxiliary_loss(self, out: ModelOutput, users: torch.Tensor, pos: torch.Tensor,
                        neg: torch.Tensor) -> torch.Tensor:
-        """``reg_weight * sum_m mean softplus(<u, f_m[neg]> - <u, f_m[pos]>)`` (scalar)."""
+        """``mm_loss_weight * sum_m mean softplus(<u, f_m[neg]> - <u, f_m[pos]>)`` (scalar)."""
         u = out.user[users]
         loss = out.user.new_zeros(())
         for key, f in out.extras.items():
             if key.startswith("modal."):
                 diff = (u * f[neg]).sum(-1) - (u * f[pos]).sum(-1)
                 loss = loss + F.softplus(diff).mean()
-        return self.reg_weight * loss
+        return self.mm_loss_weight * loss
 
     def regularization(self, out: ModelOutput, users: torch.Tensor, pos: torch.Tensor,
                        neg: torch.Tensor) -> torch.Tensor:
-        """FREEDOM has no L2 embedding penalty (``reg_weight`` weighs the modality BPR
-        losses in :meth:`auxiliary_loss`): zero."""
-        return out.user.new_zeros(())
+        """Squared L2 of the batch's ego embeddings, ``/ (2B)`` (scalar); the default
+        ``reg_weight`` of 0 switches it off, as in the paper."""
+        b = max(int(users.numel()), 1)
+        return (self.user_embedding(users).pow(2).sum() + self.item_embedding(pos).pow(2).sum()
+                + self.item_embedding(neg).pow(2).sum()) / (2 * b)

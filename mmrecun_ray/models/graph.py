@@ -45,6 +45,7 @@ def gcn_norm(edge_index: torch.Tensor, edge_weight: torch.Tensor, num_nodes: int
                                  add_self_loops=False, flow=flow)
     return index, weight
 
+
 _MODALITY_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
@@ -133,7 +134,8 @@ class ItemFeaturesMixin(DerivedTensorsMixin):
         active_modalities: modalities currently installed (a dropped modality is absent).
     Derived tensors: ``feat.<m>`` ``(n_items, d_m)``, optional ``active_items``
     ``(n_items,)`` bool, and ``knn.<m>`` ``(n_items, n_items)`` sparse graphs built on first
-    use, on the model's current device, and cleared by every feature change.
+    use, on the model's current device, and cleared (with any ``item_graph*`` entry a
+    model caches) by every feature change.
     """
 
     modality_dims: dict[str, int]
@@ -157,7 +159,8 @@ class ItemFeaturesMixin(DerivedTensorsMixin):
         feats = check_replacement_features(name, self.modality_dims, features, n_items)
         mask = check_active_items(active_items, n_items)
         store = self.derived()
-        for key in [k for k in store if k.startswith(("feat.", "knn.", "active_items"))]:
+        for key in [k for k in store if k.startswith(("feat.", "knn.", "active_items",
+                                                      "item_graph"))]:
             del store[key]
         for m, t in feats.items():
             store[f"feat.{m}"] = self.place(t)

@@ -14,6 +14,7 @@ import logging
 import math
 import tempfile
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -45,9 +46,16 @@ def _core(model: torch.nn.Module) -> Recommender:
     return model.module if hasattr(model, "module") else model  # type: ignore[return-value]
 
 
+def shared_tensor(a: np.ndarray) -> torch.Tensor:
+    """Zero-copy tensor over a (read-only, object-store backed) array; never written to."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.from_numpy(np.ascontiguousarray(a))
+
+
 def make_model(cfg: LoopConfig, inputs: LoopInputs, device: torch.device) -> Recommender:
     """Build the model on ``device`` with its graph and features installed."""
-    feats = {k: torch.from_numpy(np.ascontiguousarray(v)).float() for k, v in inputs.features.items()}
+    feats = {k: shared_tensor(v).float() for k, v in inputs.features.items()}
     model = build_model(cfg.model, inputs.n_users, inputs.n_items, feats, cfg.params)
     if inputs.active_items is not None and model.uses_features:
         model.set_item_features(feats, torch.from_numpy(np.asarray(inputs.active_items)))
@@ -55,7 +63,7 @@ def make_model(cfg: LoopConfig, inputs: LoopInputs, device: torch.device) -> Rec
         state = {k: torch.as_tensor(np.array(v)) for k, v in inputs.init_state.items()}
         model.load_state_dict(state, strict=False)
     model = model.to(device)
-    model.set_graph(torch.from_numpy(np.ascontiguousarray(inputs.graph_edges)).to(device))
+    model.set_graph(shared_tensor(inputs.graph_edges).to(device))
     return model
 
 
@@ -252,18 +260,25 @@ def train_loop(config: dict[str, Any]) -> dict[str, Any]:
                             score, best["score"], best["epoch"] + 1, per,
                             per * (cfg.epochs - epoch - 1))
                 last_log = time.perf_counter()
-        if improved:
+        # training: checkpoint each new best; unlearning: the latest state at the end
+        # (and every 10th evaluation, for resumption after a failure)
+        if unlearning:
+            checkpoint_now = stop or budget_done or last_epoch or len(history) % 10 == 0
+        else:
+            checkpoint_now = improved
+        if checkpoint_now:
             with tempfile.TemporaryDirectory(prefix="mmrecun-ckpt-") as d:
                 checkpoint = None
                 if rank == 0:
                     _save_checkpoint(Path(d), model, opt, cfg, epoch, best, metrics,
                                      inputs.manifest_hash)
                     checkpoint = ray.train.Checkpoint.from_directory(d)
-                    best["state"] = {k: v.detach().cpu().numpy().copy()
-                                     for k, v in _core(model).state_dict().items()}
                 ray.train.report(metrics, checkpoint=checkpoint)
         else:
             ray.train.report(metrics)
+        if improved and rank == 0:
+            best["state"] = {k: v.detach().cpu().numpy().copy()
+                             for k, v in _core(model).state_dict().items()}
         if stop or budget_done:
             break
 

@@ -66,6 +66,7 @@ def ensure_ray(num_cpus: int | None = None, object_store_mb: int | None = None) 
     local single-node Ray. Idempotent."""
     if ray.is_initialized():
         return
+    ray.data.DataContext.get_current().enable_progress_bars = False
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
     if os.environ.get("RAY_ADDRESS"):

@@ -166,8 +166,8 @@ def pair_scores_np(user_emb: torch.Tensor, item_emb: torch.Tensor, users: np.nda
     dev = user_emb.device
     with torch.no_grad():
         for s in range(0, users.size, _SCORE_BATCH):
-            u = torch.from_numpy(users[s:s + _SCORE_BATCH]).to(dev)
-            i = torch.from_numpy(items[s:s + _SCORE_BATCH]).to(dev)
+            u = torch.tensor(users[s:s + _SCORE_BATCH], device=dev)     # copies: input may
+            i = torch.tensor(items[s:s + _SCORE_BATCH], device=dev)     # be read-only
             sc = (user_emb[u].double() * item_emb[i].double()).sum(-1)
             out[s:s + u.numel()] = sc.cpu().numpy()
     return out

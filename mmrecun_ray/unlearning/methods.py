@@ -51,10 +51,15 @@ class UnlearnSettings:
         max_steps: optional hard budget in optimizer steps.
         forget_ratio: forget batch size / retain batch size of each step.
         batch_size: forget batch size (mmrecun, neggrad) or retain batch size (finetune).
-        learning_rate: None = the trained model's learning rate.
-        forget_target: stop once forget-set Recall@20 <= this; ``"auto"`` = the trained
-            model's validation Recall@20 on retain users (forgotten pairs should rank no
-            better than never-seen positives), None = run the full budget.
+        learning_rate: explicit step size; None = ``lr_scale`` x the trained model's.
+        lr_scale: multiplier of the training learning rate when ``learning_rate`` is None.
+        eval_steps: check the stop rule (forget target, validation floor) about every this
+            many optimizer steps.
+        forget_target: stop once forget-set Recall@20 <= this; ``"auto"`` = an estimate of
+            Gold's forget-set Recall@20 (see
+            :func:`mmrecun_ray.unlearning.service.estimate_gold_forget_recall`: never-seen
+            positives of known users rank like validation items, forgotten users rank at
+            random), None = run the full budget.
         min_valid_ratio: stop if validation Recall@20 falls below this fraction of its
             starting value.
         sisa_shards: number of SISA shards.
@@ -63,15 +68,28 @@ class UnlearnSettings:
 
     alpha: float = 1.0
     beta: float = 1.0
-    epochs: int = 10
-    max_steps: int | None = None
-    forget_ratio: float = 1.0
-    batch_size: int = 1024
+    epochs: int = 50
+    max_steps: int | None = 400
+    forget_ratio: float = 0.5
+    batch_size: int = 256
     learning_rate: float | None = None
+    lr_scale: float = 5.0
+    eval_steps: int = 10
     forget_target: float | str | None = "auto"
     min_valid_ratio: float | None = 0.8
     sisa_shards: int = 4
     seed: int = 0
+
+    def lr(self, base_lr: float) -> float:
+        """Step size: explicit ``learning_rate``, else ``lr_scale`` x the training rate
+        (unlearning is a short targeted fine-tune: a few hundred steps at most)."""
+        return float(self.learning_rate) if self.learning_rate else float(base_lr) * self.lr_scale
+
+    def eval_every(self, n_pairs: int, workers: int) -> int:
+        """Epochs between evaluations so that the stop rule is checked every ~``eval_steps``
+        optimizer steps whatever the forget-set size."""
+        steps_per_epoch = max(1, -(-int(n_pairs) // (max(1, workers) * self.batch_size)))
+        return max(1, round(self.eval_steps / steps_per_epoch))
 
     @classmethod
     def from_sets(cls, sets: dict[str, Any]) -> "UnlearnSettings":
@@ -141,8 +159,12 @@ def forget_target(settings: UnlearnSettings, reference_valid_recall: float | Non
 
 def run_mmrecun(model_uri: str, fset: ForgetSet, retain_data: ray.data.Dataset, retain_uri: str,
                 scaling: Scaling, settings: UnlearnSettings, objective: str = "mmrecun",
-                reference_valid_recall: float | None = None) -> MethodResult:
-    """MMRecUN (``objective="mmrecun"``) or NegGrad (``"neggrad"``) from the trained model."""
+                reference_valid_recall: float | None = None,
+                callbacks: list | None = None) -> MethodResult:
+    """MMRecUN (``objective="mmrecun"``) or NegGrad (``"neggrad"``) from the trained model.
+
+    ``callbacks``: Ray Train callbacks passed on to the ``TorchTrainer`` (e.g. Tune's
+    ``TuneReportCallback`` when a sweep trial runs this)."""
     t0 = time.perf_counter()
     base = read_model_info(model_uri)
     state = {k: v.numpy() for k, v in read_state(model_uri).items()}
@@ -153,13 +175,14 @@ def run_mmrecun(model_uri: str, fset: ForgetSet, retain_data: ray.data.Dataset, 
     cfg = replace(base_cfg, objective=objective, epochs=settings.epochs,
                   max_steps=settings.max_steps, alpha=settings.alpha, beta=settings.beta,
                   forget_ratio=settings.forget_ratio, batch_size=settings.batch_size,
-                  learning_rate=settings.learning_rate or base_cfg.learning_rate,
+                  learning_rate=settings.lr(base_cfg.learning_rate),
                   forget_target_recall=forget_target(settings, reference_valid_recall),
-                  min_valid_ratio=settings.min_valid_ratio, seed=settings.seed, eval_every=1,
+                  min_valid_ratio=settings.min_valid_ratio, seed=settings.seed,
+                  eval_every=settings.eval_every(len(fset.forget), scaling.workers),
                   patience=10**6)
     inputs = _retain_inputs(fset, state)
     datasets = {"train": retain_data, "forget": pairs_dataset(fset.forget.user, fset.forget.item)}
-    res = run_loop(cfg, inputs, datasets, scaling, name=f"unlearn-{objective}")
+    res = run_loop(cfg, inputs, datasets, scaling, name=f"unlearn-{objective}", callbacks=callbacks)
     return MethodResult(objective, res.state or state, _info(base, fset, objective, retain_uri,
                                                              cfg.to_dict()),
                         time.perf_counter() - t0, res)
@@ -172,9 +195,13 @@ def run_finetune(model_uri: str, fset: ForgetSet, retain_data: ray.data.Dataset,
     base = read_model_info(model_uri)
     state = {k: v.numpy() for k, v in read_state(model_uri).items()}
     base_cfg = _base_cfg(base)
-    cfg = replace(base_cfg, objective="bpr", epochs=settings.epochs, max_steps=settings.max_steps,
-                  learning_rate=settings.learning_rate or base_cfg.learning_rate,
-                  seed=settings.seed, patience=10**6)
+    n_retain = len(fset.retain.train)
+    steps_per_epoch = max(1, -(-n_retain // (max(1, scaling.workers) * base_cfg.batch_size)))
+    # same step budget as MMRecUN, spent on D_r with the training batch size
+    epochs = max(1, min(settings.epochs, -(-(settings.max_steps or 10**9) // steps_per_epoch)))
+    cfg = replace(base_cfg, objective="bpr", epochs=epochs, max_steps=settings.max_steps,
+                  learning_rate=settings.lr(base_cfg.learning_rate),
+                  seed=settings.seed, patience=10**6, eval_every=max(1, epochs // 5))
     res = run_loop(cfg, _retain_inputs(fset, state), {"train": retain_data}, scaling,
                    name=f"unlearn-{method}")
     return MethodResult(method, res.state or state, _info(base, fset, method, retain_uri, cfg.to_dict()),
@@ -194,11 +221,14 @@ def run_gold(model_uri: str, fset: ForgetSet, retain_data: ray.data.Dataset, ret
 
 def run_method(method: str, model_uri: str, fset: ForgetSet, retain_data: ray.data.Dataset,
                retain_uri: str, scaling: Scaling, settings: UnlearnSettings,
-               reference_valid_recall: float | None = None) -> MethodResult:
-    """Dispatch by name (see the table in the module docstring)."""
+               reference_valid_recall: float | None = None,
+               callbacks: list | None = None) -> MethodResult:
+    """Dispatch by name (see the table in the module docstring); ``callbacks`` reach the
+    ``TorchTrainer`` of mmrecun / neggrad."""
     if method in ("mmrecun", "neggrad"):
         return run_mmrecun(model_uri, fset, retain_data, retain_uri, scaling, settings,
-                           objective=method, reference_valid_recall=reference_valid_recall)
+                           objective=method, reference_valid_recall=reference_valid_recall,
+                           callbacks=callbacks)
     if method == "finetune":
         return run_finetune(model_uri, fset, retain_data, retain_uri, scaling, settings)
     if method == "gold":

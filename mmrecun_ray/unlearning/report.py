@@ -126,7 +126,8 @@ def _check_rows(rows: Sequence[dict[str, Any]]) -> None:
     seen: set[str] = set()
     for n, row in enumerate(rows):
         if not isinstance(row, dict) or not isinstance(row.get("method"), str) or not row["method"]:
-            raise ConfigError(f"report row #{n}: needs a non-empty string 'method', got {row!r:.80}")
+            raise ConfigError(f"report row #{n}: needs a non-empty string 'method', "
+                              f"got {row!r:.80}")
         if row["method"] in seen:
             raise ConfigError(f"report row #{n}: method {row['method']!r} appears twice")
         seen.add(row["method"])
@@ -145,6 +146,11 @@ def _verdict(ok: bool | None, value: float | None, gold: float | None, rule: str
     return {"pass": ok, "value": value, "gold": gold, "rule": rule}
 
 
+def _cmp(ok: bool, when_pass: str, when_fail: str) -> str:
+    """The sign that holds for the numbers: the rule's sign on a pass, its negation else."""
+    return when_pass if ok else when_fail
+
+
 def _judge(row: dict[str, Any], gold: dict[str, Any], c: Criteria) -> dict[str, dict[str, Any]]:
     k = c.k
     out: dict[str, dict[str, Any]] = {}
@@ -154,31 +160,34 @@ def _judge(row: dict[str, Any], gold: dict[str, Any], c: Criteria) -> dict[str, 
         out["forget"] = _verdict(None, v, g, f"forget Recall@{k} missing")
     else:
         lim = g + c.forget_recall_tolerance
-        out["forget"] = _verdict(v <= lim + _EPS, v, g, f"forget Recall@{k} {v:.4f} <= Gold "
-                                 f"{g:.4f} + {c.forget_recall_tolerance:g} = {lim:.4f}")
+        ok = v <= lim + _EPS
+        out["forget"] = _verdict(ok, v, g, f"forget Recall@{k} {v:.4f} {_cmp(ok, '<=', '>')} "
+                                 f"Gold {g:.4f} + {c.forget_recall_tolerance:g} = {lim:.4f}")
 
     v, g = _metric(row, "test", f"recall@{k}"), _metric(gold, "test", f"recall@{k}")
     if v is None or g is None:
         out["retain"] = _verdict(None, v, g, f"retain Recall@{k} missing")
     else:
         lim = c.retain_ratio_min * g
-        out["retain"] = _verdict(v >= lim - _EPS, v, g, f"retain Recall@{k} {v:.4f} >= "
+        ok = v >= lim - _EPS
+        out["retain"] = _verdict(ok, v, g, f"retain Recall@{k} {v:.4f} {_cmp(ok, '>=', '<')} "
                                  f"{c.retain_ratio_min:g} x Gold {g:.4f} = {lim:.4f}")
 
     v, g = _field(row, "mia_auc"), _field(gold, "mia_auc")
     if v is None or g is None:
         out["mia"] = _verdict(None, v, g, "MIA AUC missing")
     else:
-        out["mia"] = _verdict(abs(v - g) <= c.mia_tolerance + _EPS, v, g,
-                              f"|MIA AUC {v:.3f} - Gold {g:.3f}| = {abs(v - g):.3f} <= "
-                              f"{c.mia_tolerance:g}")
+        ok = abs(v - g) <= c.mia_tolerance + _EPS
+        out["mia"] = _verdict(ok, v, g, f"|MIA AUC {v:.3f} - Gold {g:.3f}| = {abs(v - g):.3f} "
+                              f"{_cmp(ok, '<=', '>')} {c.mia_tolerance:g}")
 
     v = _speedup(row, gold)
     if v is None:
         out["speedup"] = _verdict(None, None, None, "speed-up missing")
     else:
-        out["speedup"] = _verdict(v >= c.speedup_min - _EPS, v, None,
-                                  f"speed-up {v:.1f}x >= {c.speedup_min:g}x")
+        ok = v >= c.speedup_min - _EPS
+        out["speedup"] = _verdict(ok, v, None,
+                                  f"speed-up {v:.1f}x {_cmp(ok, '>=', '<')} {c.speedup_min:g}x")
     return out
 
 
@@ -325,7 +334,7 @@ def svg_bar_chart(title: str, labels: Sequence[str], values: Sequence[float | No
         highlight: index of a bar drawn in the accent colour (Gold).
         width: total width in pixels.
     """
-    left, right, top, bar_h, gap, bottom = 170, 70, 34, 20, 8, 30
+    left, right, top, bar_h, gap, bottom = 170, 70, 44, 20, 8, 30
     plot_w = width - left - right
     height = top + len(labels) * (bar_h + gap) + bottom
     present = [v for v in values if v is not None and (v > 0 or not log_scale)]
@@ -348,7 +357,7 @@ def svg_bar_chart(title: str, labels: Sequence[str], values: Sequence[float | No
     esc = html.escape
     parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
              f'viewBox="0 0 {width} {height}" role="img" aria-label="{esc(title)}">',
-             f'<text x="{left}" y="20" font-size="14" font-weight="bold">{esc(title)}'
+             f'<text x="{left}" y="18" font-size="14" font-weight="bold">{esc(title)}'
              f'{" (log scale)" if log_scale else ""}</text>']
     axis_y = top + len(labels) * (bar_h + gap)
     if log_scale:
@@ -390,7 +399,8 @@ def svg_bar_chart(title: str, labels: Sequence[str], values: Sequence[float | No
     return "\n".join(parts)
 
 
-def _charts(rows: Sequence[dict[str, Any]], crit: Criteria, gold: dict[str, Any] | None) -> list[str]:
+def _charts(rows: Sequence[dict[str, Any]], crit: Criteria,
+            gold: dict[str, Any] | None) -> list[str]:
     k = crit.k
     labels = [r["method"] for r in rows]
     hl = next((n for n, r in enumerate(rows) if r is gold), None)

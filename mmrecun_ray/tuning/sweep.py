@@ -1,0 +1,573 @@
+"""Ray Tune sweeps of the MMRecUN unlearning knobs (``alpha``, ``beta``, learning rate,
+budget in passes over D_f, forget:retain batch ratio).
+
+Every trial is a real unlearning run: a Tune function trainable that builds and fits the
+one loop's ``TorchTrainer`` (:func:`~mmrecun_ray.unlearning.methods.run_mmrecun`) with a
+``TuneReportCallback`` subclass, so each epoch's worker metrics reach Tune. The request is
+applied once before the sweep (one retain version, one forget set, *not* recorded in the
+dataset's ledger: a sweep explores, it does not forget); its parts reach the trials through
+the object store (``tune.with_parameters``).
+
+Objectives (both from the last epoch of a trial, i.e. the state the run ends with):
+
+* ``valid_recall@20`` on retain users -- maximised;
+* ``forget_gap = |forget_recall@20 - target|`` -- minimised, where ``target`` is the Gold
+  level of forget-set Recall@20: a Gold model's measured value (``gold_uri``), an explicit
+  value, or else :func:`~mmrecun_ray.unlearning.service.reference_valid_recall` (forgotten
+  pairs should rank like never-seen positives). The gap is two-sided on purpose: a model
+  that ranks the forgotten items *below* a retrained model's level over-forgets, which is
+  itself detectable (and usually costs retain utility).
+
+Each trial also stops once forget Recall@20 reaches the target (``forget_target`` = target),
+so ``epochs`` is a budget cap; the chosen configuration keeps that stopping rule and
+therefore reproduces its trial under ``unlearn --config``.
+
+``pareto`` mode: multi-objective Optuna (TPE) search over both objectives; the report is the
+non-dominated set. ``asha`` mode: scalarised ``score = valid_recall@20 - lam * forget_gap``
+with ASHA early stopping on per-epoch scores, for larger sweeps.
+
+Chosen configuration (``best_config.json``): among the Pareto-front trials whose forget
+Recall@20 is at most ``target + tolerance``, the one with the highest validation Recall@20
+(ties: smaller gap, then shorter wall time); when no front trial meets the forget level,
+the front trial with the smallest gap.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import math
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import ray.data
+from ray import tune
+from ray.tune.integration.ray_train import TuneReportCallback
+
+from mmrecun_ray.errors import ConfigError, DataError
+from mmrecun_ray.storage import exists, is_s3, join, read_json, resolve, write_bytes_atomic, write_json_atomic
+from mmrecun_ray.training.runner import Scaling, ensure_ray
+from mmrecun_ray.unlearning.methods import UnlearnSettings, run_mmrecun
+from mmrecun_ray.unlearning.requests import ForgetSet
+
+logger = logging.getLogger(__name__)
+
+VALID = "valid_recall@20"
+FORGET = "forget_recall@20"
+GAP = "forget_gap"
+SCORE = "score"
+#: the Pareto objectives and their directions
+OBJECTIVES: tuple[tuple[str, str], ...] = ((VALID, "max"), (GAP, "min"))
+#: the UnlearnSettings fields a sweep searches
+SEARCHED = ("alpha", "beta", "learning_rate", "epochs", "forget_ratio")
+MODES = ("pareto", "asha")
+
+
+@dataclass
+class SearchSpace:
+    """Ranges of the searched knobs.
+
+    Attributes:
+        alpha: log-uniform range of the reverse-BPR weight on D_f.
+        beta: uniform range of the BPR weight on D_r.
+        lr_factor: log-uniform range of the learning rate as a multiple of the trained
+            model's learning rate.
+        max_epochs: budget drawn uniformly from ``1..max_epochs`` passes over D_f.
+        forget_ratios: forget:retain batch ratios to choose from.
+    """
+
+    alpha: tuple[float, float] = (0.1, 10.0)
+    beta: tuple[float, float] = (0.1, 2.0)
+    lr_factor: tuple[float, float] = (0.1, 10.0)
+    max_epochs: int = 10
+    forget_ratios: tuple[float, ...] = (0.25, 0.5, 1.0, 2.0)
+
+    def __post_init__(self) -> None:
+        for name in ("alpha", "beta", "lr_factor"):
+            lo, hi = getattr(self, name)
+            if not 0 < lo < hi:
+                raise ConfigError(f"search range {name}={lo},{hi}: need 0 < low < high")
+        if self.max_epochs < 1:
+            raise ConfigError(f"max_epochs={self.max_epochs}: need at least 1")
+        if not self.forget_ratios or min(self.forget_ratios) <= 0:
+            raise ConfigError(f"forget_ratios={self.forget_ratios}: need positive values")
+
+    def param_space(self, base_lr: float) -> dict[str, Any]:
+        """Ray Tune search space (``base_lr``: the trained model's learning rate)."""
+        from ray import tune
+        return {"alpha": tune.loguniform(*self.alpha), "beta": tune.uniform(*self.beta),
+                "learning_rate": tune.loguniform(base_lr * self.lr_factor[0], base_lr * self.lr_factor[1]),
+                "epochs": tune.randint(1, self.max_epochs + 1),
+                "forget_ratio": tune.choice([float(r) for r in self.forget_ratios])}
+
+    def describe(self, base_lr: float) -> dict[str, Any]:
+        """JSON description of :meth:`param_space`."""
+        return {"alpha": {"loguniform": list(self.alpha)}, "beta": {"uniform": list(self.beta)},
+                "learning_rate": {"loguniform": [base_lr * self.lr_factor[0], base_lr * self.lr_factor[1]]},
+                "epochs": {"randint_inclusive": [1, self.max_epochs]},
+                "forget_ratio": {"choice": [float(r) for r in self.forget_ratios]}}
+
+
+@dataclass
+class TuneOptions:
+    """How to sweep.
+
+    Attributes:
+        samples: number of trials.
+        mode: ``pareto`` (multi-objective Optuna) or ``asha`` (scalarised + ASHA).
+        max_concurrent: trials at once (1 on a 2-CPU machine).
+        seed: seed of the request sample, of the searcher and of every trial's loop.
+        tolerance: forget Recall@20 may exceed the target by this much for a trial to be
+            chosen.
+        lam: weight of ``forget_gap`` in the ``asha`` score.
+        grace_period, reduction_factor: ASHA's, in reported results (one per epoch).
+        trial_cpus: CPU reserved by each Tune trial's driver function (its workers reserve
+            ``cpus_per_worker`` each); with ``workers=0`` the loop runs inside the trial,
+            which then reserves ``max(trial_cpus, cpus_per_worker)``.
+        fixed: UnlearnSettings not searched (``batch_size``, ``max_steps``, ...), applied to
+            every trial and to the default run.
+        run_default: also run the default settings once, for comparison.
+        verbose: Tune's console verbosity (0-3).
+    """
+
+    samples: int = 8
+    mode: str = "pareto"
+    max_concurrent: int = 1
+    seed: int = 0
+    tolerance: float = 0.01
+    lam: float = 1.0
+    grace_period: int = 2
+    reduction_factor: int = 2
+    trial_cpus: float = 0.1
+    space: SearchSpace = field(default_factory=SearchSpace)
+    fixed: dict[str, Any] = field(default_factory=dict)
+    run_default: bool = True
+    verbose: int = 1
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ConfigError(f"--mode {self.mode!r}: expected one of {', '.join(MODES)}")
+        if self.samples < 1 or self.max_concurrent < 1:
+            raise ConfigError(f"--samples {self.samples} / --max-concurrent {self.max_concurrent}: "
+                              "need at least 1")
+        if self.tolerance < 0 or self.lam < 0:
+            raise ConfigError("tolerance and lam must be >= 0")
+        known = set(UnlearnSettings.__dataclass_fields__)
+        unknown = sorted(set(self.fixed) - known)
+        if unknown:
+            raise ConfigError(f"unknown unlearning settings {unknown}; known: {sorted(known)}")
+        searched = sorted(set(self.fixed) & set(SEARCHED))
+        if searched:
+            raise ConfigError(f"--set {searched}: these are searched by `tune`; narrow the search "
+                              "space instead")
+
+
+# --- objectives, front, choice (pure) ------------------------------------------------------
+
+def objectives(valid_recall: float, forget_recall: float, target: float, lam: float) -> dict[str, float]:
+    """``forget_gap = |forget - target|``, ``forget_excess = max(0, forget - target)`` and the
+    scalarised ``score = valid - lam * forget_gap``."""
+    gap = abs(forget_recall - target)
+    return {GAP: gap, "forget_excess": max(0.0, forget_recall - target), SCORE: valid_recall - lam * gap}
+
+
+def with_objectives(metrics: dict[str, Any], target: float, lam: float) -> dict[str, Any]:
+    """A copy of an epoch's metrics with :func:`objectives` added (when both recalls are
+    present)."""
+    out = dict(metrics)
+    if VALID in out and FORGET in out:
+        out.update(objectives(float(out[VALID]), float(out[FORGET]), target, lam))
+    return out
+
+
+def dominates(a: Sequence[float], b: Sequence[float], modes: Sequence[str]) -> bool:
+    """Whether objective vector ``a`` dominates ``b``: at least as good everywhere, strictly
+    better somewhere (``modes``: ``"max"`` / ``"min"`` per objective)."""
+    sa = [x if m == "max" else -x for x, m in zip(a, modes)]
+    sb = [x if m == "max" else -x for x, m in zip(b, modes)]
+    return all(x >= y for x, y in zip(sa, sb)) and any(x > y for x, y in zip(sa, sb))
+
+
+def pareto_front(points: Sequence[Sequence[float]], modes: Sequence[str]) -> list[int]:
+    """Indices (ascending) of the non-dominated rows of ``points``.
+
+    Args:
+        points: ``(N, M)`` objective values.
+        modes: ``M`` directions, ``"max"`` or ``"min"``.
+
+    A row dominates another when it is at least as good in every objective and strictly
+    better in one; identical rows do not dominate each other, so duplicates are all kept.
+    Rows with a NaN are never on the front.
+    """
+    if not len(points):
+        return []
+    p = np.asarray(points, dtype=np.float64)
+    if p.ndim != 2 or p.shape[1] != len(modes):
+        raise ConfigError(f"pareto_front: points of shape {p.shape} for {len(modes)} objectives")
+    bad = [m for m in modes if m not in ("max", "min")]
+    if bad:
+        raise ConfigError(f"pareto_front: modes {bad}; expected 'max' or 'min'")
+    p = p * np.array([1.0 if m == "max" else -1.0 for m in modes])  # all maximised
+    ok = ~np.isnan(p).any(axis=1)
+    front = []
+    for i in np.flatnonzero(ok):
+        others = p[ok]
+        dominated = np.any(np.all(others >= p[i], axis=1) & np.any(others > p[i], axis=1))
+        if not dominated:
+            front.append(int(i))
+    return front
+
+
+def choose_best(front: Sequence[dict[str, Any]], target: float, tolerance: float) -> dict[str, Any] | None:
+    """The chosen trial among ``front`` rows (keys ``valid_recall@20``, ``forget_recall@20``,
+    ``forget_gap``, optional ``wall_seconds``): highest valid recall among rows with forget
+    recall <= ``target + tolerance`` (ties: smaller gap, then faster); else the smallest
+    gap (ties: higher valid recall). None for an empty front."""
+    if not front:
+        return None
+    eligible = [r for r in front if r[FORGET] <= target + tolerance]
+    if eligible:
+        return max(eligible, key=lambda r: (r[VALID], -r[GAP], -r.get("wall_seconds", 0.0)))
+    return min(front, key=lambda r: (r[GAP], -r[VALID], r.get("wall_seconds", 0.0)))
+
+
+# --- trials ----------------------------------------------------------------------------------
+
+@dataclass
+class TrialContext:
+    """What every trial shares; put once in the object store by ``tune.with_parameters``."""
+
+    model_uri: str
+    fset: ForgetSet
+    retain_data: ray.data.Dataset
+    retain_uri: str
+    scaling: Scaling
+    target: float
+    lam: float
+    fixed: dict[str, Any]
+    seed: int
+
+
+def trial_settings(config: dict[str, Any], fixed: dict[str, Any], target: float,
+                   seed: int = 0) -> UnlearnSettings:
+    """UnlearnSettings of one trial: the sampled knobs over ``fixed``; stop at ``target``."""
+    sets: dict[str, Any] = {"forget_target": float(target), "seed": seed, **fixed}
+    sets.update({k: config[k] for k in SEARCHED})
+    sets["epochs"] = int(sets["epochs"])
+    sets["forget_ratio"] = float(sets["forget_ratio"])
+    sets["alpha"], sets["beta"] = float(sets["alpha"]), float(sets["beta"])
+    sets["learning_rate"] = float(sets["learning_rate"])
+    return UnlearnSettings.from_sets(sets)
+
+
+class ObjectiveReportCallback(TuneReportCallback):
+    """Ray Train -> Tune: each epoch's rank-0 metrics with the objectives added (ASHA and
+    the searcher read them from every result). Build it inside a Tune trial."""
+
+    def __init__(self, target: float, lam: float) -> None:
+        super().__init__()
+        self.target, self.lam = target, lam
+
+    def after_report(self, run_context: Any, metrics: list[dict[str, Any]], checkpoint: Any) -> None:
+        super().after_report(run_context, [with_objectives(m, self.target, self.lam) for m in metrics],
+                             checkpoint)
+
+
+def unlearn_trial(config: dict[str, Any], ctx: TrialContext) -> None:
+    """Tune function trainable: one MMRecUN run with the sampled settings.
+
+    Per-epoch metrics reach Tune through the report callback (Ray Train workers); in local
+    mode (``workers=0``, no callbacks) they are replayed after the run. A last result with
+    ``final=1`` carries the trial's wall time and budget used.
+    """
+    t0 = time.perf_counter()
+    settings = trial_settings(config, ctx.fixed, ctx.target, ctx.seed)
+    local = ctx.scaling.workers == 0
+    callbacks = None if local else [ObjectiveReportCallback(ctx.target, ctx.lam)]
+    res = run_mmrecun(ctx.model_uri, ctx.fset, ctx.retain_data, ctx.retain_uri, ctx.scaling, settings,
+                      callbacks=callbacks)
+    history = res.loop.history if res.loop else []
+    if not history:
+        raise DataError(f"trial {config}: the unlearning loop reported no epoch")
+    if local:
+        for m in history[:-1]:
+            tune.report(with_objectives(m, ctx.target, ctx.lam))
+    tune.report({**with_objectives(history[-1], ctx.target, ctx.lam), "final": 1,
+                 "epochs_run": res.loop.epochs_run, "steps": res.loop.steps,
+                 "trial_wall_seconds": time.perf_counter() - t0})
+
+
+# --- the sweep -------------------------------------------------------------------------------
+
+def _absolute(uri: str) -> str:
+    """Local paths made absolute: Tune runs trials in their own working directories."""
+    if is_s3(uri) or str(uri).startswith("file://"):
+        return str(uri)
+    return str(Path(uri).expanduser().resolve())
+
+
+def _forget_recall_of(model_uri: str, fset: ForgetSet) -> tuple[float, float]:
+    """``(valid, forget)`` Recall@20 of an exported model over the retain graph (retain
+    train pairs masked, forgotten pairs ranked)."""
+    from mmrecun_ray.evaluation.evaluate import embeddings, evaluate_embeddings
+    from mmrecun_ray.training.export import load_model
+    r = fset.retain
+    model, _ = load_model(model_uri, r)
+    u, i = embeddings(model)
+    valid = evaluate_embeddings(u, i, r, r.valid, (20,))["recall@20"]
+    forget = evaluate_embeddings(u, i, r, fset.forget, (20,), banned_items=None)["recall@20"]
+    return float(valid), float(forget)
+
+
+def _gold_from_metrics(uri: str, request_id: str) -> float:
+    d = read_json(uri)
+    rows = d.get("methods") if isinstance(d, dict) else None
+    if rows is not None:
+        gold = [r for r in rows if r.get("method") == "gold"]
+        if not gold:
+            raise DataError(f"{uri}: no 'gold' entry among methods "
+                            f"{[r.get('method') for r in rows]}")
+        row = gold[0]
+    else:
+        row = d
+    rid = (d.get("request") or {}).get("id") if isinstance(d.get("request"), dict) else None
+    if rid is not None and rid != request_id:
+        raise DataError(f"{uri}: Gold metrics are for request {rid}, the sweep's request is {request_id}")
+    try:
+        return float(row["metrics"]["forget"]["recall@20"])
+    except (KeyError, TypeError) as e:
+        raise DataError(f"{uri}: no metrics.forget.recall@20 (expected the metrics.json of "
+                        "`unlearn --method gold` or `compare`)") from e
+
+
+def gold_target(model_uri: str, prep: Any, gold_uri: str | None = None,
+                target: float | None = None) -> tuple[float, str]:
+    """The forget-set Recall@20 a Gold (retrained) model reaches, and where it came from.
+
+    ``target`` wins; else ``gold_uri``: a Gold ``metrics.json`` (``unlearn --method gold``
+    or ``compare``), a folder holding one, or an exported Gold model folder (evaluated
+    here); else the trained model's validation Recall@20 on retain users
+    (:func:`~mmrecun_ray.unlearning.service.reference_valid_recall`). ``prep``: the
+    applied request (:class:`~mmrecun_ray.unlearning.service.Prepared`).
+    """
+    fset = prep.fset
+    if target is not None:
+        return float(target), "given"
+    if gold_uri:
+        from mmrecun_ray.training.export import MODEL_META
+        if str(gold_uri).endswith(".json"):
+            return _gold_from_metrics(gold_uri, fset.request_id), f"gold metrics {gold_uri}"
+        if exists(join(gold_uri, MODEL_META)):
+            return _forget_recall_of(gold_uri, fset)[1], f"gold model {gold_uri}"
+        if exists(join(gold_uri, "metrics.json")):
+            return _gold_from_metrics(join(gold_uri, "metrics.json"), fset.request_id), \
+                f"gold metrics {join(gold_uri, 'metrics.json')}"
+        raise DataError(f"--gold-uri {gold_uri}: neither a metrics.json nor a folder with "
+                        f"{MODEL_META} or metrics.json")
+    from mmrecun_ray.unlearning.service import reference_valid_recall
+    return reference_valid_recall(model_uri, prep), "reference_valid_recall"
+
+
+class TrialRecorder(tune.Callback):
+    """Driver-side Tune callback: each trial's config, last result, ``final`` result and
+    whether it errored (in trial start order)."""
+
+    def __init__(self) -> None:
+        self.config: dict[str, dict[str, Any]] = {}
+        self.last: dict[str, dict[str, Any]] = {}
+        self.final: dict[str, dict[str, Any]] = {}
+        self.errored: set[str] = set()
+
+    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self.config.setdefault(trial.trial_id, dict(trial.config))
+
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+        self.config.setdefault(trial.trial_id, dict(trial.config))
+        self.last[trial.trial_id] = dict(result)
+        if result.get("final"):
+            self.final[trial.trial_id] = dict(result)
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self.config.setdefault(trial.trial_id, dict(trial.config))
+        self.errored.add(trial.trial_id)
+
+    def rows(self, target: float, lam: float) -> list[dict[str, Any]]:
+        """One row per trial: ``completed`` (ran its budget or reached the target),
+        ``stopped`` (by ASHA; metrics of its last epoch) or ``error``."""
+        out = []
+        for tid, cfg in self.config.items():
+            final = self.final.get(tid)
+            status = "completed" if final else ("error" if tid in self.errored else "stopped")
+            out.append(_row(tid, cfg, final or self.last.get(tid), status, target, lam))
+        return out
+
+
+def _row(trial_id: str, config: dict[str, Any], result: dict[str, Any] | None, status: str,
+         target: float, lam: float) -> dict[str, Any]:
+    row: dict[str, Any] = {"trial_id": trial_id, "status": status}
+    row.update({k: config.get(k) for k in SEARCHED})
+    r = result or {}
+    valid, forget = float(r.get(VALID, math.nan)), float(r.get(FORGET, math.nan))
+    row.update({VALID: valid, FORGET: forget, **objectives(valid, forget, target, lam),
+                "epochs_run": r.get("epochs_run", (r.get("epoch", -1) + 1) if r else None),
+                "steps": r.get("steps"),
+                "wall_seconds": float(r.get("trial_wall_seconds", r.get("time_total_s", math.nan)))})
+    return row
+
+
+def _fit(ctx: TrialContext, opts: TuneOptions, base_lr: float, storage_uri: str) -> list[dict[str, Any]]:
+    """Run the Tune experiment; one row per trial."""
+    from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.search.optuna import OptunaSearch
+    cpus = opts.trial_cpus if ctx.scaling.workers else max(opts.trial_cpus, ctx.scaling.cpus_per_worker)
+    trainable = tune.with_resources(tune.with_parameters(unlearn_trial, ctx=ctx), {"CPU": cpus})
+    if opts.mode == "pareto":
+        tune_cfg = tune.TuneConfig(
+            search_alg=OptunaSearch(metric=[m for m, _ in OBJECTIVES], mode=[d for _, d in OBJECTIVES],
+                                    seed=opts.seed),
+            num_samples=opts.samples, max_concurrent_trials=opts.max_concurrent)
+    else:
+        tune_cfg = tune.TuneConfig(
+            metric=SCORE, mode="max", search_alg=OptunaSearch(seed=opts.seed),
+            scheduler=ASHAScheduler(time_attr="training_iteration", max_t=opts.space.max_epochs + 1,
+                                    grace_period=opts.grace_period, reduction_factor=opts.reduction_factor),
+            num_samples=opts.samples, max_concurrent_trials=opts.max_concurrent)
+    fs, path = resolve(storage_uri)
+    recorder = TrialRecorder()
+    run_cfg = tune.RunConfig(name=f"tune-{uuid.uuid4().hex[:8]}", storage_path=path,
+                             storage_filesystem=fs if is_s3(storage_uri) else None,
+                             verbose=opts.verbose, callbacks=[recorder],
+                             failure_config=tune.FailureConfig(max_failures=0))
+    tuner = tune.Tuner(trainable, param_space=opts.space.param_space(base_lr), tune_config=tune_cfg,
+                       run_config=run_cfg)
+    grid = tuner.fit()
+    for res in grid:
+        if res.error:
+            logger.warning("trial %s failed: %s", res.path, res.error)
+    return recorder.rows(ctx.target, ctx.lam)
+
+
+def _csv(rows: list[dict[str, Any]]) -> bytes:
+    cols = list(dict.fromkeys(k for r in rows for k in r))
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=cols)
+    w.writeheader()
+    for r in rows:
+        w.writerow({k: r.get(k) for k in cols})
+    return buf.getvalue().encode()
+
+
+def _jsonable(x: Any) -> Any:
+    """numpy scalars to Python, NaN to None (strict JSON)."""
+    if isinstance(x, dict):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, (np.floating, np.integer)):
+        x = x.item()
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    return x
+
+
+def _run_default(ctx: TrialContext, settings: UnlearnSettings, base_lr: float) -> dict[str, Any]:
+    """The default settings run once (outside Tune), as a trial-like row."""
+    t0 = time.perf_counter()
+    res = run_mmrecun(ctx.model_uri, ctx.fset, ctx.retain_data, ctx.retain_uri, ctx.scaling, settings,
+                      reference_valid_recall=ctx.target)
+    last = res.loop.history[-1] if res.loop and res.loop.history else {}
+    cfg = {k: getattr(settings, k) for k in SEARCHED}
+    cfg["learning_rate"] = cfg["learning_rate"] or base_lr
+    row = _row("default", cfg, {**last, "epochs_run": res.loop.epochs_run if res.loop else 0,
+                                "steps": res.loop.steps if res.loop else 0,
+                                "trial_wall_seconds": time.perf_counter() - t0},
+               "completed", ctx.target, ctx.lam)
+    row["settings"] = asdict(settings)
+    return row
+
+
+def run_sweep(model_uri: str, data_uri: str, spec: str, out_uri: str, scaling: Scaling,
+              opts: TuneOptions, gold_uri: str | None = None, target: float | None = None) -> dict[str, Any]:
+    """Apply ``spec`` once, sweep the unlearning knobs with Ray Tune, write the results.
+
+    Writes ``<out>/retain_data`` (the request's retain version), ``trials.csv`` /
+    ``trials.json`` (every trial), ``pareto.json`` (the non-dominated completed trials),
+    ``best_config.json`` (``{"settings": {...}}`` for ``unlearn --config``) and
+    ``metrics.json`` (last). Returns the ``metrics.json`` payload.
+    """
+    from mmrecun_ray.data.dataset import interactions_dataset
+    from mmrecun_ray.training.export import read_model_info
+    from mmrecun_ray.unlearning.service import apply_request
+    t_all = time.perf_counter()
+    model_uri, data_uri, out_uri = _absolute(model_uri), _absolute(data_uri), _absolute(out_uri)
+    storage = _absolute(scaling.storage_uri or join(out_uri, "ray"))
+    scaling = Scaling(**{**asdict(scaling), "storage_uri": storage})
+    ensure_ray()
+    info = read_model_info(model_uri)
+    prep = apply_request(data_uri, spec, out_uri, seed=opts.seed, record=False)
+    fset = prep.fset
+    if len(fset.forget) == 0:
+        raise ConfigError(f"request {spec!r} has no forget pairs (a modality request?): there is "
+                          "nothing for alpha/forget_ratio to act on; use `unlearn` directly")
+    retain_data = interactions_dataset(prep.retain_uri, "train").materialize()
+    ref_valid, orig_forget = _forget_recall_of(model_uri, fset)
+    tgt, source = gold_target(model_uri, prep, gold_uri, target)
+    logger.info("request %s: %d forget pairs; target forget recall@20 %.4f (%s); original model "
+                "valid %.4f forget %.4f", fset.request_id, len(fset.forget), tgt, source, ref_valid, orig_forget)
+    base_lr = float(info.loop_config.get("learning_rate", 1e-3))
+    ctx = TrialContext(model_uri=model_uri, fset=fset, retain_data=retain_data, retain_uri=prep.retain_uri,
+                       scaling=scaling, target=tgt, lam=opts.lam, fixed=dict(opts.fixed), seed=opts.seed)
+    t_sweep = time.perf_counter()
+    rows = _fit(ctx, opts, base_lr, storage)
+    sweep_seconds = time.perf_counter() - t_sweep
+    done = [r for r in rows if r["status"] == "completed" and math.isfinite(r[VALID]) and math.isfinite(r[FORGET])]
+    front_idx = pareto_front([[r[m] for m, _ in OBJECTIVES] for r in done], [d for _, d in OBJECTIVES])
+    front = sorted((done[i] for i in front_idx), key=lambda r: -r[VALID])
+    front_ids = {r["trial_id"] for r in front}
+    for r in rows:
+        r["on_front"] = r["trial_id"] in front_ids
+    best = choose_best(front, tgt, opts.tolerance)
+    default = None
+    if opts.run_default:
+        default = _run_default(ctx, UnlearnSettings.from_sets({"seed": opts.seed, **opts.fixed}), base_lr)
+        modes = [d for _, d in OBJECTIVES]
+        default["dominated_by"] = [r["trial_id"] for r in front
+                                   if dominates([r[m] for m, _ in OBJECTIVES],
+                                                [default[m] for m, _ in OBJECTIVES], modes)]
+    best_settings = asdict(trial_settings(best, opts.fixed, tgt, opts.seed)) if best else None
+
+    write_bytes_atomic(join(out_uri, "trials.csv"), _csv(rows))
+    write_json_atomic(join(out_uri, "trials.json"), _jsonable(rows))
+    write_json_atomic(join(out_uri, "pareto.json"), _jsonable(
+        {"objectives": dict(OBJECTIVES), "target": tgt, "trials": front}))
+    if best is not None:
+        write_json_atomic(join(out_uri, "best_config.json"), _jsonable(
+            {"settings": best_settings, "trial_id": best["trial_id"], "request": spec, "seed": opts.seed,
+             "model_uri": model_uri, "target": tgt, "tolerance": opts.tolerance,
+             "objectives": {k: best[k] for k in (VALID, FORGET, GAP)}}))
+    else:
+        logger.warning("no trial completed: best_config.json not written")
+    payload = _jsonable({
+        "command": "tune", "model": info.model, "model_uri": model_uri, "data": data_uri,
+        "request": {"spec": spec, "id": fset.request_id, "kind": fset.request.kind,
+                    "forget_pairs": len(fset.forget), "retain_train": len(fset.retain.train)},
+        "retain_data": prep.retain_uri, "mode": opts.mode,
+        "objectives": {VALID: "max", GAP: f"min |{FORGET} - target|"} if opts.mode == "pareto"
+        else {SCORE: f"max {VALID} - {opts.lam} * |{FORGET} - target| (ASHA)"},
+        "target": tgt, "target_source": source, "tolerance": opts.tolerance, "lambda": opts.lam,
+        "reference_valid_recall@20": ref_valid,
+        "original": {VALID: ref_valid, FORGET: orig_forget},
+        "search_space": opts.space.describe(base_lr), "fixed_settings": opts.fixed,
+        "scaling": {"workers": scaling.workers, "cpus_per_worker": scaling.cpus_per_worker,
+                    "max_concurrent": opts.max_concurrent, "trial_cpus": opts.trial_cpus},
+        "n_trials": len(rows), "n_completed": len(done),
+        "sweep_seconds": sweep_seconds, "wall_seconds": time.perf_counter() - t_all,
+        "best": {**best, "settings": best_settings} if best else None,
+        "pareto": front, "default": default})
+    write_json_atomic(join(out_uri, "metrics.json"), payload)
+    return payload
