@@ -188,6 +188,26 @@ def test_errors_name_endpoint_bucket_key_never_the_secret(s3_server, s3_prefix: 
         su.read_bytes("s3:///x", good)
 
 
+def test_errors_for_unresolvable_endpoint_and_missing_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
+    for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", os.devnull)
+    monkeypatch.setenv("AWS_CONFIG_FILE", os.devnull)
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    t0 = time.perf_counter()
+    bad_host = su.S3Settings(endpoint_url="http://no-such-host.invalid:9000", access_key="AK",
+                             secret_key="s3cr3t-value", retry=RetryPolicy(deadline_s=20))
+    for call in (lambda: su.read_bytes("s3://b/k", bad_host), lambda: su.list_files("s3://b/k", settings=bad_host)):
+        with pytest.raises(StorageError, match="does not resolve") as e:
+            call()
+        assert _reason(e) == "dns" and "no-such-host.invalid" in str(e.value) and "s3cr3t" not in str(e.value)
+    no_creds = su.S3Settings(endpoint_url=f"http://127.0.0.1:{_closed_port()}")
+    with pytest.raises(StorageError, match="no S3 credentials found") as e:
+        su.write_bytes_atomic("s3://b/k", b"x", no_creds)
+    assert _reason(e) == "no_credentials"
+    assert time.perf_counter() - t0 < 10  # permanent errors are not retried for 20 s
+
+
 # -- retries --------------------------------------------------------------------------------------
 def test_retry_policy_is_bounded_and_skips_permanent_errors() -> None:
     calls = []

@@ -17,9 +17,10 @@ explicitly; hand the same filesystem to Ray Data and Ray Train::
 
 Failures surface as :class:`~mmrecun_ray.errors.StorageError` whose message names the
 endpoint, bucket and key (never a secret) and whose ``reason`` attribute is one of
-``not_found``, ``no_bucket``, ``auth``, ``unreachable``, ``server``, ``conflict``,
-``unsupported``, ``config``, ``io``. Transient failures (``unreachable``, ``server``) are
-retried within :class:`~mmrecun_ray.storage.retry.RetryPolicy` bounds.
+``not_found``, ``no_bucket``, ``auth``, ``no_credentials``, ``unreachable``, ``dns``,
+``server``, ``conflict``, ``unsupported``, ``config``, ``io``. Transient failures
+(``unreachable``, ``server``) are retried within :class:`~mmrecun_ray.storage.retry.RetryPolicy`
+bounds: an operation gives up after ``deadline_s`` plus at most one attempt.
 """
 
 from __future__ import annotations
@@ -335,17 +336,22 @@ def _classify(exc: BaseException) -> tuple[str, str]:
         code = str(err.get("Code", ""))
         status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
         return _reason_for(code.upper(), status), code
+    if isinstance(exc, bce.EndpointConnectionError) and \
+            "Failed to resolve" in str(exc.kwargs.get("error", "")):
+        return "dns", type(exc).__name__
     if isinstance(exc, (bce.ConnectionError, bce.ConnectionClosedError, bce.ReadTimeoutError,
                         bce.ResponseStreamingError, bce.IncompleteReadError)):
         return "unreachable", type(exc).__name__
     if isinstance(exc, (bce.NoCredentialsError, bce.PartialCredentialsError)):
-        return "auth", type(exc).__name__
+        return "no_credentials", type(exc).__name__
     if isinstance(exc, bce.ProfileNotFound):
         return "config", "ProfileNotFound"
     m = _BOTO_CODE.search(str(exc))  # e.g. boto3's S3UploadFailedError wraps a ClientError
     if m and not isinstance(exc, FileNotFoundError):
         return _reason_for(m.group(1).upper(), 0), m.group(1)
     if isinstance(exc, OSError):
+        if "Could not resolve host" in str(exc) or "curlCode: 6," in str(exc):
+            return "dns", "NETWORK_CONNECTION"
         m = _AWS_CODE.search(str(exc))
         if m:
             code = m.group(1)
@@ -377,8 +383,12 @@ _EXPLAIN = {
     "no_bucket": "bucket does not exist",
     "auth": "access denied: the credentials ({creds}) were refused; check AWS_ACCESS_KEY_ID/"
             "AWS_SECRET_ACCESS_KEY, AWS_PROFILE or --s3-profile",
+    "no_credentials": "no S3 credentials found: set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, "
+                      "AWS_PROFILE or --s3-profile",
     "unreachable": "endpoint unreachable: is the object store running? check AWS_ENDPOINT_URL "
                    "or --s3-endpoint",
+    "dns": "endpoint host name does not resolve (no network, or a wrong AWS_ENDPOINT_URL / "
+           "--s3-endpoint)",
     "server": "the object store answered with a server error",
     "conflict": "object already exists (create-only write refused)",
     "unsupported": "the object store does not support this operation",
@@ -400,7 +410,9 @@ def s3_error(reason: str, op: str, uri: str, settings: S3Settings, detail: str =
         msg += f" ({' '.join(detail.split())[:300]})"
     err = StorageError(redact(msg, settings))
     err.reason = reason  # type: ignore[attr-defined]
-    err.endpoint, err.bucket, err.key, err.uri = settings.endpoint_label, bucket, key, uri  # type: ignore[attr-defined]
+    attrs = {"endpoint": settings.endpoint_label, "bucket": bucket, "key": key, "uri": uri}
+    for name, value in attrs.items():
+        setattr(err, name, value)
     return err
 
 
@@ -430,7 +442,9 @@ def _bucket_exists(fs: pafs.FileSystem, bucket: str, s: S3Settings) -> bool:
     return found
 
 
-def _translate(exc: BaseException, op: str, uri: str, s: S3Settings, fs: pafs.FileSystem | None) -> StorageError:
+def _translate(exc: BaseException, op: str, uri: str, s: S3Settings,
+               fs: pafs.FileSystem | None) -> StorageError:
+    """Classify ``exc`` (telling a missing bucket from a missing key) into a :class:`StorageError`."""
     reason, code = _classify(exc)
     if reason == "not_found" and fs is not None:
         bucket, _ = split_s3(uri)

@@ -43,6 +43,7 @@ class LoopConfig:
     seed: int = 0
     shuffle_buffer: int = 20_000
     eval_ks: tuple[int, ...] = (10, 20, 50)
+    checkpoint_every: int = 10
     log_every_s: float = 10.0
 
     def __post_init__(self) -> None:

@@ -135,4 +135,7 @@ def _state_from_checkpoint(checkpoint: ray.train.Checkpoint) -> dict[str, Any]:
     from mmrecun_ray.training.loop import CHECKPOINT_FILE
     with checkpoint.as_directory() as d:
         ck = torch.load(Path(d) / CHECKPOINT_FILE, map_location="cpu", weights_only=False)
+    best = (ck.get("best") or {}).get("state")
+    if best is not None:
+        return best
     return {k: v.numpy() for k, v in ck["model_state"].items()}

@@ -91,15 +91,16 @@ def add_parsers(sub: Any, add_scaling: Callable, add_s3: Callable) -> None:
                     help="asha mode: epochs before a trial can be stopped (default: 2)")
     pt.add_argument("--alpha", default="0.1,10", help="log-uniform range of alpha (default: 0.1,10)")
     pt.add_argument("--beta", default="0.1,2", help="uniform range of beta (default: 0.1,2)")
-    pt.add_argument("--lr-factor", default="0.1,10",
-                    help="log-uniform range of the learning rate relative to the model's (default: 0.1,10)")
+    pt.add_argument("--lr-factor", default="0.5,50",
+                    help="log-uniform range of the learning rate as a multiple of the trained model's "
+                         "(default: 0.5,50, centred on unlearn's default 5x)")
     pt.add_argument("--max-epochs", type=int, default=10,
                     help="budget drawn from 1..N passes over the forget set (default: 10)")
     pt.add_argument("--forget-ratios", default="0.25,0.5,1,2",
                     help="forget:retain batch ratios to choose from (default: 0.25,0.5,1,2)")
     pt.add_argument("--set", action="append", metavar="KEY=VALUE",
                     help="fixed unlearning setting for every trial and the default run "
-                         "(batch_size, max_steps, min_valid_ratio, forget_target)")
+                         "(batch_size, max_steps, eval_steps, min_valid_ratio, forget_target)")
     pt.add_argument("--trial-cpus", type=float, default=0.1,
                     help="CPU reserved by each trial's driver function (default: 0.1)")
     pt.add_argument("--no-default", action="store_true",

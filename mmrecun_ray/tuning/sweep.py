@@ -12,9 +12,12 @@ Objectives (both from the last epoch of a trial, i.e. the state the run ends wit
 
 * ``valid_recall@20`` on retain users -- maximised;
 * ``forget_gap = |forget_recall@20 - target|`` -- minimised, where ``target`` is the Gold
-  level of forget-set Recall@20: a Gold model's measured value (``gold_uri``), an explicit
-  value, or else :func:`~mmrecun_ray.unlearning.service.reference_valid_recall` (forgotten
-  pairs should rank like never-seen positives). The gap is two-sided on purpose: a model
+  level of forget-set Recall@20: an explicit value, a Gold model's measured value
+  (``gold_uri``), or else the service's estimate without running Gold
+  (:func:`~mmrecun_ray.unlearning.service.estimate_gold_forget_recall` over
+  :func:`~mmrecun_ray.unlearning.service.reference_valid_recall`: forgotten pairs of users
+  who keep data rank like never-seen positives, users with no data left rank at random, as
+  ``unlearn``'s ``forget_target="auto"``). The gap is two-sided on purpose: a model
   that ranks the forgotten items *below* a retrained model's level over-forgets, which is
   itself detectable (and usually costs retain utility).
 
@@ -76,14 +79,15 @@ class SearchSpace:
         alpha: log-uniform range of the reverse-BPR weight on D_f.
         beta: uniform range of the BPR weight on D_r.
         lr_factor: log-uniform range of the learning rate as a multiple of the trained
-            model's learning rate.
+            model's learning rate (the default unlearning rate is ``lr_scale=5`` times it,
+            the geometric centre of the default range).
         max_epochs: budget drawn uniformly from ``1..max_epochs`` passes over D_f.
         forget_ratios: forget:retain batch ratios to choose from.
     """
 
     alpha: tuple[float, float] = (0.1, 10.0)
     beta: tuple[float, float] = (0.1, 2.0)
-    lr_factor: tuple[float, float] = (0.1, 10.0)
+    lr_factor: tuple[float, float] = (0.5, 50.0)
     max_epochs: int = 10
     forget_ratios: tuple[float, ...] = (0.25, 0.5, 1.0, 2.0)
 
@@ -126,9 +130,8 @@ class TuneOptions:
             chosen.
         lam: weight of ``forget_gap`` in the ``asha`` score.
         grace_period, reduction_factor: ASHA's, in reported results (one per epoch).
-        trial_cpus: CPU reserved by each Tune trial's driver function (its workers reserve
-            ``cpus_per_worker`` each); with ``workers=0`` the loop runs inside the trial,
-            which then reserves ``max(trial_cpus, cpus_per_worker)``.
+        trial_cpus: CPU reserved by each Tune trial's driver function (its Ray Train
+            workers reserve ``cpus_per_worker`` each).
         fixed: UnlearnSettings not searched (``batch_size``, ``max_steps``, ...), applied to
             every trial and to the default run.
         run_default: also run the default settings once, for comparison.
@@ -279,24 +282,20 @@ class ObjectiveReportCallback(TuneReportCallback):
 
 
 def unlearn_trial(config: dict[str, Any], ctx: TrialContext) -> None:
-    """Tune function trainable: one MMRecUN run with the sampled settings.
+    """Tune function trainable: one MMRecUN run (a ``TorchTrainer`` with at least one
+    worker) with the sampled settings.
 
-    Per-epoch metrics reach Tune through the report callback (Ray Train workers); in local
-    mode (``workers=0``, no callbacks) they are replayed after the run. A last result with
-    ``final=1`` carries the trial's wall time and budget used.
+    Each evaluated epoch's metrics reach Tune through :class:`ObjectiveReportCallback`; a
+    last result with ``final=1`` repeats the final epoch's and adds the trial's wall time
+    and the budget used.
     """
     t0 = time.perf_counter()
     settings = trial_settings(config, ctx.fixed, ctx.target, ctx.seed)
-    local = ctx.scaling.workers == 0
-    callbacks = None if local else [ObjectiveReportCallback(ctx.target, ctx.lam)]
     res = run_mmrecun(ctx.model_uri, ctx.fset, ctx.retain_data, ctx.retain_uri, ctx.scaling, settings,
-                      callbacks=callbacks)
+                      callbacks=[ObjectiveReportCallback(ctx.target, ctx.lam)])
     history = res.loop.history if res.loop else []
     if not history:
-        raise DataError(f"trial {config}: the unlearning loop reported no epoch")
-    if local:
-        for m in history[:-1]:
-            tune.report(with_objectives(m, ctx.target, ctx.lam))
+        raise DataError(f"trial {config}: the unlearning loop reported no evaluation")
     tune.report({**with_objectives(history[-1], ctx.target, ctx.lam), "final": 1,
                  "epochs_run": res.loop.epochs_run, "steps": res.loop.steps,
                  "trial_wall_seconds": time.perf_counter() - t0})
@@ -351,8 +350,7 @@ def gold_target(model_uri: str, prep: Any, gold_uri: str | None = None,
 
     ``target`` wins; else ``gold_uri``: a Gold ``metrics.json`` (``unlearn --method gold``
     or ``compare``), a folder holding one, or an exported Gold model folder (evaluated
-    here); else the trained model's validation Recall@20 on retain users
-    (:func:`~mmrecun_ray.unlearning.service.reference_valid_recall`). ``prep``: the
+    here); else the estimate ``unlearn`` uses for ``forget_target="auto"``. ``prep``: the
     applied request (:class:`~mmrecun_ray.unlearning.service.Prepared`).
     """
     fset = prep.fset
@@ -369,8 +367,9 @@ def gold_target(model_uri: str, prep: Any, gold_uri: str | None = None,
                 f"gold metrics {join(gold_uri, 'metrics.json')}"
         raise DataError(f"--gold-uri {gold_uri}: neither a metrics.json nor a folder with "
                         f"{MODEL_META} or metrics.json")
-    from mmrecun_ray.unlearning.service import reference_valid_recall
-    return reference_valid_recall(model_uri, prep), "reference_valid_recall"
+    from mmrecun_ray.unlearning.service import estimate_gold_forget_recall, reference_valid_recall
+    return (estimate_gold_forget_recall(prep, reference_valid_recall(model_uri, prep)),
+            "estimate_gold_forget_recall")
 
 
 class TrialRecorder(tune.Callback):
@@ -424,8 +423,7 @@ def _fit(ctx: TrialContext, opts: TuneOptions, base_lr: float, storage_uri: str)
     """Run the Tune experiment; one row per trial."""
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search.optuna import OptunaSearch
-    cpus = opts.trial_cpus if ctx.scaling.workers else max(opts.trial_cpus, ctx.scaling.cpus_per_worker)
-    trainable = tune.with_resources(tune.with_parameters(unlearn_trial, ctx=ctx), {"CPU": cpus})
+    trainable = tune.with_resources(tune.with_parameters(unlearn_trial, ctx=ctx), {"CPU": opts.trial_cpus})
     if opts.mode == "pareto":
         tune_cfg = tune.TuneConfig(
             search_alg=OptunaSearch(metric=[m for m, _ in OBJECTIVES], mode=[d for _, d in OBJECTIVES],
@@ -437,6 +435,7 @@ def _fit(ctx: TrialContext, opts: TuneOptions, base_lr: float, storage_uri: str)
             scheduler=ASHAScheduler(time_attr="training_iteration", max_t=opts.space.max_epochs + 1,
                                     grace_period=opts.grace_period, reduction_factor=opts.reduction_factor),
             num_samples=opts.samples, max_concurrent_trials=opts.max_concurrent)
+    logging.getLogger("tensorboardX").setLevel(logging.WARNING)  # one line per '@' metric name
     fs, path = resolve(storage_uri)
     recorder = TrialRecorder()
     run_cfg = tune.RunConfig(name=f"tune-{uuid.uuid4().hex[:8]}", storage_path=path,
@@ -476,13 +475,14 @@ def _jsonable(x: Any) -> Any:
 
 
 def _run_default(ctx: TrialContext, settings: UnlearnSettings, base_lr: float) -> dict[str, Any]:
-    """The default settings run once (outside Tune), as a trial-like row."""
+    """The default settings run once (outside Tune), as a trial-like row; its
+    ``forget_target="auto"`` resolves to the sweep's target."""
     t0 = time.perf_counter()
     res = run_mmrecun(ctx.model_uri, ctx.fset, ctx.retain_data, ctx.retain_uri, ctx.scaling, settings,
                       reference_valid_recall=ctx.target)
     last = res.loop.history[-1] if res.loop and res.loop.history else {}
     cfg = {k: getattr(settings, k) for k in SEARCHED}
-    cfg["learning_rate"] = cfg["learning_rate"] or base_lr
+    cfg["learning_rate"] = settings.lr(base_lr)
     row = _row("default", cfg, {**last, "epochs_run": res.loop.epochs_run if res.loop else 0,
                                 "steps": res.loop.steps if res.loop else 0,
                                 "trial_wall_seconds": time.perf_counter() - t0},
@@ -504,6 +504,10 @@ def run_sweep(model_uri: str, data_uri: str, spec: str, out_uri: str, scaling: S
     from mmrecun_ray.training.export import read_model_info
     from mmrecun_ray.unlearning.service import apply_request
     t_all = time.perf_counter()
+    if scaling.workers < 1:
+        raise ConfigError("tune needs --workers >= 1: Ray Train's local mode (--workers 0) runs the "
+                          "loop in the calling process, and inside a Tune trial Ray disables the "
+                          "ray.train.* calls the loop makes")
     model_uri, data_uri, out_uri = _absolute(model_uri), _absolute(data_uri), _absolute(out_uri)
     storage = _absolute(scaling.storage_uri or join(out_uri, "ray"))
     scaling = Scaling(**{**asdict(scaling), "storage_uri": storage})

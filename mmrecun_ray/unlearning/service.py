@@ -148,12 +148,12 @@ def estimate_gold_forget_recall(prep: Prepared, ref_valid_recall: float, k: int 
 
 def run_methods(model_uri: str, data_uri: str, spec: str, methods: list[str], out_uri: str,
                 scaling: Scaling, settings: UnlearnSettings, seed: int = 0,
-                command: str = "compare") -> dict[str, Any]:
+                command: str = "compare", record: bool = True) -> dict[str, Any]:
     """Apply the request once, run each method on it, audit and publish everything."""
     from mmrecun_ray.unlearning.audit import track_peak_rss
     t_all = time.perf_counter()
     ensure_ray()
-    prep = apply_request(data_uri, spec, out_uri, seed=seed)
+    prep = apply_request(data_uri, spec, out_uri, seed=seed, record=record)
     fset = prep.fset
     retain_data = interactions_dataset(prep.retain_uri, "train").materialize()
     ref = estimate_gold_forget_recall(prep, reference_valid_recall(model_uri, prep))
