@@ -134,6 +134,8 @@ def test_apply_forget_filter_and_ledger_hook(tmp_path, monkeypatch):
 
     ledger.forgotten_pairs = forgotten_pairs  # type: ignore[attr-defined]
     monkeypatch.setitem(sys.modules, "mmrecun_ray.storage.ledger", ledger)
+    import mmrecun_ray.storage as storage_pkg
+    monkeypatch.setattr(storage_pkg, "ledger", ledger, raising=False)
     ds2 = load_dataset(out)
     assert seen == [str(out)]
     assert len(ds2.train) == 4 and not ((ds2.train.user == 2) & (ds2.train.item == 3)).any()
@@ -219,6 +221,9 @@ def test_object_store_path_manifest_last_and_overwrite(tmp_path, monkeypatch):
     root = f"bucket-{tmp_path.name}/ds/v"
     for mod in (writer_mod, dataset_mod):
         monkeypatch.setattr(mod, "resolve", lambda uri: (store, root))
+    # the in-memory store has no ledger; keep the real one from reaching for AWS
+    import mmrecun_ray.storage.ledger as ledger_mod
+    monkeypatch.setattr(ledger_mod, "forgotten_pairs", lambda *a, **k: np.zeros(0, dtype=np.int64))
     order: list[str] = []
     real_parquet, real_manifest = writer_mod._write_parquet, writer_mod._write_manifest
     monkeypatch.setattr(writer_mod, "_write_parquet",

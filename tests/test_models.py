@@ -364,7 +364,7 @@ def test_planted_training_beats_popularity(name: str, planted: dict) -> None:
     opt = torch.optim.Adam(model.parameters(), lr=0.01)
     g = torch.Generator().manual_seed(1)
     model.train()
-    for _ in range(250):
+    for _ in range(120):
         idx = torch.randint(0, train.shape[1], (512,), generator=g)
         users, pos = train[0, idx], train[1, idx]
         neg = sample_negatives(users, seen, g)

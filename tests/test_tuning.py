@@ -152,3 +152,6 @@ def test_tune_sweep_end_to_end(ray_session: None, data: str, tmp_path: Path) -> 
     d = m["default"]
     assert d["status"] == "completed" and (d["alpha"], d["beta"]) == (1.0, 1.0)
     assert d["forget_recall@20"] < orig_forget and d["wall_seconds"] > 0
+    # a Gold *model* folder is evaluated on the request's forget set (here: the original model)
+    prep = apply_request(data, "users:5%", str(tmp_path / "req"), seed=0, record=False)
+    assert gold_target(model.model_uri, prep, gold_uri=model.model_uri)[0] == pytest.approx(orig_forget)

@@ -25,8 +25,8 @@ from mmrecun_ray.data import validate as V
 from mmrecun_ray.data.schema import (EMBEDDING_COL, FEATURES_DIR, INTERACTIONS_DIR, ITEM_COL, MANIFEST,
                                      SCHEMA_VERSION, SPLIT_COL, SPLITS, USER_COL, Interactions,
                                      Manifest, RecDataset)
-from mmrecun_ray.errors import ConfigError, DataError
-from mmrecun_ray.storage.uri import join, resolve
+from mmrecun_ray.errors import ConfigError, DataError, StorageError
+from mmrecun_ray.storage.uri import is_s3, join, resolve, s3_call
 
 if TYPE_CHECKING:  # pragma: no cover
     import ray.data
@@ -37,6 +37,31 @@ _REQUIRED_MANIFEST_KEYS = ("name", "n_users", "n_items", "counts", "modalities",
 
 
 # -- manifest ---------------------------------------------------------------------------------
+def _read_file(fs: pafs.FileSystem, root: str, uri: str | Path, rel: str) -> bytes:
+    """Whole file ``rel`` of the version at ``uri`` (``fs``, ``root`` from :func:`resolve`).
+
+    On S3 the read gets the storage layer's bounded retries and errors naming endpoint,
+    bucket and key (:func:`~mmrecun_ray.storage.uri.s3_call`), so an unreachable object store
+    is a :class:`~mmrecun_ray.errors.StorageError`, not a raw ``OSError``.
+
+    Raises:
+        FileNotFoundError: no such file (or no such bucket: not probed, to save a request).
+    """
+    path = posixpath.join(root, rel)
+
+    def read() -> bytes:
+        with fs.open_input_stream(path) as f:
+            return f.read()
+    if not is_s3(uri):
+        return read()
+    try:
+        return s3_call("read", join(uri, rel), read)
+    except StorageError as e:
+        if getattr(e, "reason", None) == "not_found":
+            raise FileNotFoundError(path) from e
+        raise
+
+
 def read_manifest(uri: str | Path) -> Manifest:
     """Read ``<uri>/manifest.json``.
 
@@ -45,10 +70,8 @@ def read_manifest(uri: str | Path) -> Manifest:
             keys, or a newer schema version than this code understands.
     """
     fs, root = resolve(uri)
-    mpath = posixpath.join(root, MANIFEST)
     try:
-        with fs.open_input_stream(mpath) as f:
-            raw = f.read()
+        raw = _read_file(fs, root, uri, MANIFEST)
     except FileNotFoundError:
         raise DataError(f"{uri}: not a published dataset version (no {MANIFEST})") from None
     try:
@@ -81,10 +104,8 @@ def _feature_file(m: Manifest, modality: str, uri: str) -> str:
 def _read_table(fs: pafs.FileSystem, root: str, uri: str, rel: str, expected_sha: str,
                 verify: bool) -> pa.Table:
     """Read one Parquet file named in the manifest, checking its sha256 when ``verify``."""
-    path = posixpath.join(root, rel)
     try:
-        with fs.open_input_stream(path) as f:
-            raw = f.read()
+        raw = _read_file(fs, root, uri, rel)
     except FileNotFoundError:
         raise DataError(f"{join(uri, rel)}: listed in {MANIFEST} but missing") from None
     if verify:

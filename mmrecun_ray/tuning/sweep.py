@@ -23,7 +23,8 @@ Objectives (both from the last epoch of a trial, i.e. the state the run ends wit
 
 Each trial also stops once forget Recall@20 reaches the target (``forget_target`` = target),
 so ``epochs`` is a budget cap; the chosen configuration keeps that stopping rule and
-therefore reproduces its trial under ``unlearn --config``.
+therefore reproduces its trial under ``unlearn --config`` (same request, ``--seed`` and
+``--workers``).
 
 ``pareto`` mode: multi-objective Optuna (TPE) search over both objectives; the report is the
 non-dominated set. ``asha`` mode: scalarised ``score = valid_recall@20 - lam * forget_gap``
@@ -324,8 +325,12 @@ def _forget_recall_of(model_uri: str, fset: ForgetSet) -> tuple[float, float]:
 
 
 def _gold_from_metrics(uri: str, request_id: str) -> float:
+    """Gold's forget Recall@20 from an ``unlearn --method gold`` or ``compare`` metrics.json
+    (which must be for ``request_id`` when it names its request)."""
     d = read_json(uri)
-    rows = d.get("methods") if isinstance(d, dict) else None
+    if not isinstance(d, dict):
+        raise DataError(f"{uri}: expected a JSON object (a metrics.json), got {type(d).__name__}")
+    rows = d.get("methods")
     if rows is not None:
         gold = [r for r in rows if r.get("method") == "gold"]
         if not gold:
@@ -334,7 +339,7 @@ def _gold_from_metrics(uri: str, request_id: str) -> float:
         row = gold[0]
     else:
         row = d
-    rid = (d.get("request") or {}).get("id") if isinstance(d.get("request"), dict) else None
+    rid = d["request"].get("id") if isinstance(d.get("request"), dict) else None
     if rid is not None and rid != request_id:
         raise DataError(f"{uri}: Gold metrics are for request {rid}, the sweep's request is {request_id}")
     try:
@@ -522,14 +527,16 @@ def run_sweep(model_uri: str, data_uri: str, spec: str, out_uri: str, scaling: S
     ref_valid, orig_forget = _forget_recall_of(model_uri, fset)
     tgt, source = gold_target(model_uri, prep, gold_uri, target)
     logger.info("request %s: %d forget pairs; target forget recall@20 %.4f (%s); original model "
-                "valid %.4f forget %.4f", fset.request_id, len(fset.forget), tgt, source, ref_valid, orig_forget)
+                "valid %.4f forget %.4f", fset.request_id, len(fset.forget), tgt, source, ref_valid,
+                orig_forget)
     base_lr = float(info.loop_config.get("learning_rate", 1e-3))
     ctx = TrialContext(model_uri=model_uri, fset=fset, retain_data=retain_data, retain_uri=prep.retain_uri,
                        scaling=scaling, target=tgt, lam=opts.lam, fixed=dict(opts.fixed), seed=opts.seed)
     t_sweep = time.perf_counter()
     rows = _fit(ctx, opts, base_lr, storage)
     sweep_seconds = time.perf_counter() - t_sweep
-    done = [r for r in rows if r["status"] == "completed" and math.isfinite(r[VALID]) and math.isfinite(r[FORGET])]
+    done = [r for r in rows
+            if r["status"] == "completed" and math.isfinite(r[VALID]) and math.isfinite(r[FORGET])]
     front_idx = pareto_front([[r[m] for m, _ in OBJECTIVES] for r in done], [d for _, d in OBJECTIVES])
     front = sorted((done[i] for i in front_idx), key=lambda r: -r[VALID])
     front_ids = {r["trial_id"] for r in front}
@@ -537,7 +544,7 @@ def run_sweep(model_uri: str, data_uri: str, spec: str, out_uri: str, scaling: S
         r["on_front"] = r["trial_id"] in front_ids
     best = choose_best(front, tgt, opts.tolerance)
     default = None
-    if opts.run_default:
+    if opts.run_default:  # after the sweep, alone on the machine: its wall time compares
         default = _run_default(ctx, UnlearnSettings.from_sets({"seed": opts.seed, **opts.fixed}), base_lr)
         modes = [d for _, d in OBJECTIVES]
         default["dominated_by"] = [r["trial_id"] for r in front
