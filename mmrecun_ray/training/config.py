@@ -12,6 +12,15 @@ from mmrecun_ray.errors import ConfigError
 OBJECTIVES = ("bpr", "mmrecun", "neggrad")
 
 
+def dataclass_from_mapping(cls: type, d: dict[str, Any], what: str) -> Any:
+    """``cls(**d)``, refusing unknown keys with a message that lists the known ones."""
+    names = {f.name for f in fields(cls)}
+    unknown = sorted(set(d) - names)
+    if unknown:
+        raise ConfigError(f"unknown {what} {unknown}; known: {sorted(names)}")
+    return cls(**d)
+
+
 @dataclass
 class LoopConfig:
     """What the loop optimises and when it stops.
@@ -32,7 +41,7 @@ class LoopConfig:
     batch_size: int = 2048
     learning_rate: float = 1e-3
     reg_weight: float = 1e-4
-    patience: int = 10
+    patience: int = 20
     eval_every: int = 1
     alpha: float = 1.0
     beta: float = 1.0
@@ -44,6 +53,7 @@ class LoopConfig:
     shuffle_buffer: int = 20_000
     eval_ks: tuple[int, ...] = (10, 20, 50)
     checkpoint_every: int = 10
+    report_every: int = 5
     log_every_s: float = 10.0
 
     def __post_init__(self) -> None:
@@ -60,11 +70,7 @@ class LoopConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "LoopConfig":
-        names = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise ConfigError(f"unknown loop settings {unknown}; known: {sorted(names)}")
-        return cls(**d)
+        return dataclass_from_mapping(cls, d, "loop settings")
 
 
 @dataclass

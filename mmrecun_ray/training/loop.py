@@ -269,7 +269,12 @@ def train_loop(config: dict[str, Any]) -> dict[str, Any]:
         # Persisting a checkpoint costs ~1 s here (Ray Train syncs it to storage): do it at
         # the end and every `checkpoint_every` evaluations; the best state travels inside
         # it, so a resumed run still exports the best model.
-        checkpoint_now = stop or budget_done or last_epoch or len(history) % cfg.checkpoint_every == 0
+        final = stop or budget_done or last_epoch
+        checkpoint_now = final or len(history) % cfg.checkpoint_every == 0
+        # every ray.train.report is a cross-worker sync through an actor (~1-2 s on a busy
+        # 2-CPU node, more than an lfm2k epoch): report every `report_every` evaluations
+        if not (checkpoint_now or len(history) % cfg.report_every == 0):
+            continue
         rep_t = time.perf_counter()
         if checkpoint_now:
             with tempfile.TemporaryDirectory(prefix="mmrecun-ckpt-") as d:

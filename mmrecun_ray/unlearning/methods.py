@@ -29,7 +29,7 @@ import ray.data
 
 from mmrecun_ray.data.schema import RecDataset
 from mmrecun_ray.errors import ConfigError
-from mmrecun_ray.training.config import LoopConfig
+from mmrecun_ray.training.config import LoopConfig, dataclass_from_mapping
 from mmrecun_ray.training.export import ModelInfo, read_model_info, read_state
 from mmrecun_ray.training.runner import LoopResult, Scaling, run_loop
 from mmrecun_ray.training.train import loop_inputs
@@ -93,11 +93,7 @@ class UnlearnSettings:
 
     @classmethod
     def from_sets(cls, sets: dict[str, Any]) -> "UnlearnSettings":
-        names = set(cls.__dataclass_fields__)
-        unknown = sorted(set(sets) - names)
-        if unknown:
-            raise ConfigError(f"unknown unlearning settings {unknown}; known: {sorted(names)}")
-        return cls(**sets)
+        return dataclass_from_mapping(cls, sets, "unlearning settings")
 
 
 @dataclass
