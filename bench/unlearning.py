@@ -35,6 +35,9 @@ def main() -> int:
     p.add_argument("--workers", type=int, default=2, help="Ray Train workers for every method")
     p.add_argument("--out", default="runs/bench-unlearn", help="output folder")
     p.add_argument("--set", action="append", help="unlearning settings key=value")
+    p.add_argument("--also-local", action="store_true",
+                   help="also run MMRecUN in Ray Train local mode (--workers 0: no worker group to "
+                        "start) on the same request, with its speed-up over the DDP Gold run")
     p.add_argument("--no-record", action="store_true",
                    help="do not append requests to the ledger (so that requests stay independent)")
     args = p.parse_args()
@@ -48,7 +51,14 @@ def main() -> int:
                          Scaling(workers=args.workers, storage_uri=str(Path(out) / "ray")), settings,
                          command="compare", record=not args.no_record)
         gold = next(r for r in pl["methods"] if r["method"] == "gold")
-        for r in pl["methods"]:
+        rows = list(pl["methods"])
+        if args.also_local:
+            loc = run_methods(args.model_uri, args.data, spec, ["mmrecun"], out + "-local",
+                              Scaling(workers=0), settings, command="unlearn", record=False)
+            r = dict(loc["methods"][0], method="mmrecun (local mode)")
+            r["speedup_vs_gold"] = gold["wall_seconds"] / max(r["wall_seconds"], 1e-9)
+            rows.append(r)
+        for r in rows:
             f = r["metrics"].get("forget", {}).get("recall@20")
             gf = gold["metrics"].get("forget", {}).get("recall@20")
             row = {"request": spec, "method": r["method"], "forget_pairs": pl["request"]["forget_pairs"],

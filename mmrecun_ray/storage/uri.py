@@ -582,9 +582,29 @@ def write_bytes_atomic(uri: str | Path, data: bytes, settings: S3Settings | None
         tmp.unlink(missing_ok=True)
 
 
+def to_jsonable(x: Any) -> Any:
+    """Plain-JSON form: numpy scalars and arrays to Python, non-finite floats to None."""
+    import math
+
+    import numpy as np
+    if isinstance(x, dict):
+        return {str(k): to_jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [to_jsonable(v) for v in x]
+    if isinstance(x, np.ndarray):
+        return to_jsonable(x.tolist())
+    if isinstance(x, (np.floating, np.integer, np.bool_)):
+        x = x.item()
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    return x
+
+
 def write_json_atomic(uri: str | Path, obj: Any, settings: S3Settings | None = None) -> None:
-    """``obj`` as indented, key-sorted JSON via :func:`write_bytes_atomic`."""
-    write_bytes_atomic(uri, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode(), settings)
+    """``obj`` (made plain by :func:`to_jsonable`) as indented, key-sorted JSON via
+    :func:`write_bytes_atomic`."""
+    text = json.dumps(to_jsonable(obj), indent=2, sort_keys=True) + "\n"
+    write_bytes_atomic(uri, text.encode(), settings)
 
 
 _CONDITIONAL_OK: set[tuple[str, str]] = set()

@@ -55,6 +55,7 @@ from ray.tune.integration.ray_train import TuneReportCallback
 
 from mmrecun_ray.errors import ConfigError, DataError
 from mmrecun_ray.storage import exists, is_s3, join, read_json, resolve, write_bytes_atomic, write_json_atomic
+from mmrecun_ray.storage.uri import to_jsonable
 from mmrecun_ray.training.runner import Scaling, ensure_ray
 from mmrecun_ray.unlearning.methods import UnlearnSettings, run_mmrecun
 from mmrecun_ray.unlearning.requests import ForgetSet
@@ -466,19 +467,6 @@ def _csv(rows: list[dict[str, Any]]) -> bytes:
     return buf.getvalue().encode()
 
 
-def _jsonable(x: Any) -> Any:
-    """numpy scalars to Python, NaN to None (strict JSON)."""
-    if isinstance(x, dict):
-        return {str(k): _jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_jsonable(v) for v in x]
-    if isinstance(x, (np.floating, np.integer)):
-        x = x.item()
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    return x
-
-
 def _run_default(ctx: TrialContext, settings: UnlearnSettings, base_lr: float) -> dict[str, Any]:
     """The default settings run once (outside Tune), as a trial-like row; its
     ``forget_target="auto"`` resolves to the sweep's target."""
@@ -553,17 +541,17 @@ def run_sweep(model_uri: str, data_uri: str, spec: str, out_uri: str, scaling: S
     best_settings = asdict(trial_settings(best, opts.fixed, tgt, opts.seed)) if best else None
 
     write_bytes_atomic(join(out_uri, "trials.csv"), _csv(rows))
-    write_json_atomic(join(out_uri, "trials.json"), _jsonable(rows))
-    write_json_atomic(join(out_uri, "pareto.json"), _jsonable(
+    write_json_atomic(join(out_uri, "trials.json"), to_jsonable(rows))
+    write_json_atomic(join(out_uri, "pareto.json"), to_jsonable(
         {"objectives": dict(OBJECTIVES), "target": tgt, "trials": front}))
     if best is not None:
-        write_json_atomic(join(out_uri, "best_config.json"), _jsonable(
+        write_json_atomic(join(out_uri, "best_config.json"), to_jsonable(
             {"settings": best_settings, "trial_id": best["trial_id"], "request": spec, "seed": opts.seed,
              "model_uri": model_uri, "target": tgt, "tolerance": opts.tolerance,
              "objectives": {k: best[k] for k in (VALID, FORGET, GAP)}}))
     else:
         logger.warning("no trial completed: best_config.json not written")
-    payload = _jsonable({
+    payload = to_jsonable({
         "command": "tune", "model": info.model, "model_uri": model_uri, "data": data_uri,
         "request": {"spec": spec, "id": fset.request_id, "kind": fset.request.kind,
                     "forget_pairs": len(fset.forget), "retain_train": len(fset.retain.train)},

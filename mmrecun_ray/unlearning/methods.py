@@ -74,7 +74,7 @@ class UnlearnSettings:
     batch_size: int = 256
     learning_rate: float | None = None
     lr_scale: float = 5.0
-    eval_steps: int = 10
+    eval_steps: int = 2
     forget_target: float | str | None = "auto"
     min_valid_ratio: float | None = 0.8
     sisa_shards: int = 4

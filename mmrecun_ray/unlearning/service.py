@@ -25,6 +25,7 @@ from mmrecun_ray.evaluation.evaluate import KS, embeddings, evaluate_embeddings
 from mmrecun_ray.evaluation.ranking import build_csr, full_ranking_topk
 from mmrecun_ray.models import build_model
 from mmrecun_ray.storage import exists, join, write_json_atomic
+from mmrecun_ray.storage.uri import to_jsonable
 from mmrecun_ray.training.export import export_model, load_model, read_model_info
 from mmrecun_ray.training.runner import Scaling, ensure_ray
 from mmrecun_ray.unlearning.methods import MethodResult, UnlearnSettings, active_mask, run_method
@@ -181,7 +182,7 @@ def run_methods(model_uri: str, data_uri: str, spec: str, methods: list[str], ou
             row["speedup_vs_gold"] = gold_wall / max(res.wall_seconds, 1e-9)
         rows.append(row)
         if command == "compare":
-            write_json_atomic(join(method_uri, "metrics.json"), _jsonable({**row, "model": res.info.model}))
+            write_json_atomic(join(method_uri, "metrics.json"), to_jsonable({**row, "model": res.info.model}))
     original.pop("_top", None)
     info = read_model_info(model_uri)
     payload = {"command": command, "model": info.model, "model_uri": model_uri, "data": data_uri,
@@ -195,7 +196,7 @@ def run_methods(model_uri: str, data_uri: str, spec: str, methods: list[str], ou
     if command == "unlearn":
         payload.update({k: v for k, v in rows[0].items() if k != "method"})
         payload["method"] = rows[0]["method"]
-    payload = _jsonable(payload)
+    payload = to_jsonable(payload)
     write_json_atomic(join(out_uri, "metrics.json"), payload)
     if command == "compare":
         from mmrecun_ray.unlearning.report import write_report
@@ -205,15 +206,3 @@ def run_methods(model_uri: str, data_uri: str, spec: str, methods: list[str], ou
                                                    "retain_ratio_min": 0.95, "speedup_min": 5.0,
                                                    "mia_tolerance": 0.05})
     return payload
-
-
-def _jsonable(x: Any) -> Any:
-    if isinstance(x, dict):
-        return {str(k): _jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_jsonable(v) for v in x]
-    if isinstance(x, (np.floating, np.integer)):
-        return x.item()
-    if isinstance(x, np.ndarray):
-        return x.tolist()
-    return x
