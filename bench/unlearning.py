@@ -50,7 +50,7 @@ def main() -> int:
         pl = run_methods(args.model_uri, args.data, spec, args.methods.split(","), out,
                          Scaling(workers=args.workers, storage_uri=str(Path(out) / "ray")), settings,
                          command="compare", record=not args.no_record)
-        gold = next(r for r in pl["methods"] if r["method"] == "gold")
+        gold = next((r for r in pl["methods"] if r["method"] == "gold"), pl["methods"][0])
         rows = list(pl["methods"])
         if args.also_local:
             loc = run_methods(args.model_uri, args.data, spec, ["mmrecun"], out + "-local",

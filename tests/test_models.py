@@ -21,6 +21,16 @@ FEATURE = ["vbpr", "freedom", "mgcn"]
 
 
 # -- helpers ------------------------------------------------------------------------------
+@pytest.fixture(autouse=True, scope="module")
+def _single_thread():
+    """The tensors here are tiny: one intra-op thread is faster, and far more robust on a
+    shared machine, than spinning up a pool per op. Restored after the module."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def small_problem(seed: int = 0, n_users: int = 30, n_items: int = 25, n_edges: int = 200
                   ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Random ``(2, E)`` edges (every user and item present) and two modalities."""

@@ -32,6 +32,11 @@ class LoopConfig:
         one pass over the (sharded) forget pairs; each forget batch is paired with a retain
         batch of ``batch_size / forget_ratio`` pairs streamed from the retain set.
       - ``neggrad``: as ``mmrecun`` with ``-BPR`` on the forget set (unbounded baseline).
+
+    ``reverse_side`` routes the reverse term's gradient: ``both`` (the plain loss), ``user``
+    (item embeddings held fixed in that term: forgotten users move, the catalogue they
+    share with retain users does not) or ``item`` (users held fixed). The loss value is the
+    same; only which side of D_f's pairs it moves differs.
     """
 
     model: str
@@ -52,6 +57,8 @@ class LoopConfig:
     seed: int = 0
     shuffle_buffer: int = 20_000
     eval_ks: tuple[int, ...] = (10, 20, 50)
+    reverse_side: str = "both"
+    stop_on_auc: bool = False
     checkpoint_every: int = 10
     report_every: int = 5
     log_every_s: float = 10.0
@@ -61,6 +68,8 @@ class LoopConfig:
             raise ConfigError(f"objective {self.objective!r}: expected one of {OBJECTIVES}")
         if self.batch_size <= 0 or self.epochs <= 0:
             raise ConfigError("batch_size and epochs must be positive")
+        if self.reverse_side not in ("both", "user", "item"):
+            raise ConfigError(f"reverse_side {self.reverse_side!r}: expected both, user or item")
         if self.forget_ratio <= 0:
             raise ConfigError("forget_ratio must be positive")
         self.eval_ks = tuple(int(k) for k in self.eval_ks)
@@ -86,6 +95,9 @@ class LoopInputs:
         valid_user / valid_item: ``(V,)`` int64 validation pairs.
         forget_user / forget_item: ``(F,)`` int64 forget pairs (unlearning only).
         init_state: model state dict (numpy) to start from (unlearning, fine-tuning).
+        init_optimizer: the trained model's Adam state: continuing with its moment
+            estimates keeps steps on converged parameters at the training scale (a fresh
+            Adam moves every touched parameter by ~lr per step and wrecks a converged model).
         active_items: ``(n_items,)`` bool; False = left the catalogue (never ranked).
         manifest_hash: content hash of the dataset version trained on.
     """
@@ -100,5 +112,6 @@ class LoopInputs:
     forget_user: np.ndarray | None = None
     forget_item: np.ndarray | None = None
     init_state: dict[str, np.ndarray] | None = None
+    init_optimizer: dict[str, Any] | None = None
     active_items: np.ndarray | None = None
     manifest_hash: str = ""

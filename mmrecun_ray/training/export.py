@@ -27,6 +27,7 @@ from mmrecun_ray.storage import exists, join, read_bytes, read_json, write_bytes
 logger = logging.getLogger(__name__)
 
 MODEL_FILE = "model.pt"
+OPTIMIZER_FILE = "optimizer.pt"
 MODEL_META = "model.json"
 
 
@@ -57,11 +58,17 @@ class ModelInfo:
         return cls(**{k: v for k, v in d.items() if k in known})
 
 
-def export_model(out_uri: str, info: ModelInfo, state: dict[str, Any]) -> str:
-    """Publish a model folder at ``out_uri``: weights first, ``model.json`` last."""
+def export_model(out_uri: str, info: ModelInfo, state: dict[str, Any],
+                 optimizer: dict[str, Any] | None = None) -> str:
+    """Publish a model folder at ``out_uri``: weights (and the optimizer state that
+    unlearning continues from) first, ``model.json`` last."""
     buf = io.BytesIO()
-    torch.save({k: torch.as_tensor(np.asarray(v)) for k, v in state.items()}, buf)
+    torch.save({k: torch.as_tensor(np.array(v)) for k, v in state.items()}, buf)
     write_bytes_atomic(join(out_uri, MODEL_FILE), buf.getvalue())
+    if optimizer is not None:
+        buf = io.BytesIO()
+        torch.save(optimizer, buf)
+        write_bytes_atomic(join(out_uri, OPTIMIZER_FILE), buf.getvalue())
     write_json_atomic(join(out_uri, MODEL_META), info.to_dict())
     logger.info("exported %s model to %s", info.model, out_uri)
     return out_uri
@@ -77,6 +84,14 @@ def read_model_info(model_uri: str) -> ModelInfo:
 def read_state(model_uri: str) -> dict[str, torch.Tensor]:
     return torch.load(io.BytesIO(read_bytes(join(model_uri, MODEL_FILE))), map_location="cpu",
                       weights_only=True)
+
+
+def read_optimizer(model_uri: str) -> dict[str, Any] | None:
+    """The optimizer state saved with the model, or None (older exports, SISA)."""
+    uri = join(model_uri, OPTIMIZER_FILE)
+    if not exists(uri):
+        return None
+    return torch.load(io.BytesIO(read_bytes(uri)), map_location="cpu", weights_only=False)
 
 
 def check_compatible(info: ModelInfo, ds: RecDataset, model_uri: str) -> None:

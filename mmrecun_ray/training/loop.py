@@ -123,6 +123,29 @@ def sharded_evaluate(out: ModelOutput, inputs: LoopInputs, target_user: np.ndarr
     return res
 
 
+@torch.no_grad()
+def forget_auc(out: ModelOutput, inputs: LoopInputs, sampler: NegativeSampler,
+               device: torch.device) -> float:
+    """AUC of "score high => forgotten pair" against one sampled unobserved item per pair
+    (all forget pairs, identical on every rank: same model, fixed seed)."""
+    u = torch.from_numpy(inputs.forget_user).to(device)
+    i = torch.from_numpy(inputs.forget_item).to(device)
+    training_rng, sampler.rng = sampler.rng, np.random.default_rng(12345)
+    try:
+        j = sampler.sample_torch(u)
+    finally:
+        sampler.rng = training_rng
+    pos, neg = pair_scores(out, u, i, j)
+    diff = pos.unsqueeze(1) - neg.unsqueeze(0) if pos.numel() <= 4096 else None
+    if diff is not None:
+        return float(((diff > 0).float() + 0.5 * (diff == 0).float()).mean())
+    allv = torch.cat([pos, neg])
+    ranks = torch.empty_like(allv)
+    ranks[allv.argsort()] = torch.arange(1, allv.numel() + 1, dtype=allv.dtype, device=allv.device)
+    n = pos.numel()
+    return float((ranks[:n].sum() - n * (n + 1) / 2) / (n * neg.numel()))
+
+
 def _save_checkpoint(path: Path, model: torch.nn.Module, opt: torch.optim.Optimizer,
                      cfg: LoopConfig, epoch: int, best: dict[str, Any], metrics: dict[str, Any],
                      manifest_hash: str) -> None:
@@ -153,6 +176,13 @@ def train_loop(config: dict[str, Any]) -> dict[str, Any]:
         model, parallel_strategy_kwargs={"find_unused_parameters": getattr(model, "find_unused_parameters", False)})
     opt = torch.optim.Adam(model.parameters(), lr=cfg.learning_rate)
 
+    if inputs.init_optimizer is not None:
+        try:
+            opt.load_state_dict(_to_torch(inputs.init_optimizer))
+            for group in opt.param_groups:
+                group["lr"] = cfg.learning_rate
+        except (ValueError, KeyError) as e:  # a different parameter layout: start fresh
+            logger.warning("optimizer state not reused (%s)", e)
     start_epoch, best = 0, {"score": -math.inf, "epoch": -1, "metrics": {}, "state": None}
     resumed = ray.train.get_checkpoint()
     if resumed is not None:
@@ -189,7 +219,12 @@ def train_loop(config: dict[str, Any]) -> dict[str, Any]:
             if unlearning:
                 fu, fi = batch["user_id"].to(device), batch["item_id"].to(device)
                 fj = sampler.sample_torch(fu)
-                fps, fns = pair_scores(out, fu, fi, fj)
+                fout = out
+                if cfg.reverse_side == "user":
+                    fout = ModelOutput(user=out.user, item=out.item.detach())
+                elif cfg.reverse_side == "item":
+                    fout = ModelOutput(user=out.user.detach(), item=out.item)
+                fps, fns = pair_scores(fout, fu, fi, fj)
                 rb = next(retain_stream)
                 u, i = rb["user_id"].to(device), rb["item_id"].to(device)
             else:
@@ -231,7 +266,14 @@ def train_loop(config: dict[str, Any]) -> dict[str, Any]:
             forget = sharded_evaluate(out, inputs, inputs.forget_user, inputs.forget_item,
                                       cfg.eval_ks, rank, world, device)
             metrics.update({f"forget_{k}": v for k, v in forget.items()})
-            if cfg.forget_target_recall is not None and forget["recall@20"] <= cfg.forget_target_recall:
+            auc = forget_auc(out, inputs, sampler, device)
+            metrics["forget_auc"] = auc
+            # stop once forgotten pairs rank no better than Gold would rank them (or, with
+            # stop_on_auc, once a score attacker can no longer tell them from never-seen
+            # items: pushing further makes them conspicuously *low*, a signal in itself)
+            if cfg.forget_target_recall is not None and (
+                    forget["recall@20"] <= cfg.forget_target_recall
+                    or (cfg.stop_on_auc and auc <= 0.5)):
                 stop = True
             if (cfg.min_valid_ratio is not None and initial_valid
                     and score < cfg.min_valid_ratio * initial_valid):
@@ -293,4 +335,27 @@ def train_loop(config: dict[str, Any]) -> dict[str, Any]:
     return {"best_score": best["score"], "best_epoch": best["epoch"],
             "best_metrics": best["metrics"], "epochs_run": epoch + 1 - start_epoch,
             "steps": steps, "train_seconds": time.perf_counter() - t0,
-            "state": best["state"], "history": history}
+            "state": best["state"], "history": history,
+            "optimizer": _to_numpy(opt.state_dict()) if rank == 0 else None}
+
+
+def _to_numpy(x: Any) -> Any:
+    """Tensors -> numpy, recursively (Ray Train refuses tensors in return values)."""
+    if isinstance(x, torch.Tensor):
+        return x.detach().cpu().numpy()
+    if isinstance(x, dict):
+        return {k: _to_numpy(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return type(x)(_to_numpy(v) for v in x)
+    return x
+
+
+def _to_torch(x: Any) -> Any:
+    """Inverse of :func:`_to_numpy` for optimizer states."""
+    if isinstance(x, np.ndarray):
+        return torch.from_numpy(np.array(x))
+    if isinstance(x, dict):
+        return {k: _to_torch(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return type(x)(_to_torch(v) for v in x)
+    return x

@@ -59,6 +59,7 @@ class LoopResult:
     train_seconds: float
     history: list[dict[str, Any]]
     checkpoint_path: str | None = None
+    optimizer: dict[str, Any] | None = None
 
 
 def ensure_ray(num_cpus: int | None = None, object_store_mb: int | None = None) -> None:
@@ -123,7 +124,7 @@ def run_loop(cfg: LoopConfig, inputs: LoopInputs, datasets: dict[str, ray.data.D
                       best_epoch=ret.get("best_epoch", -1), epochs_run=ret.get("epochs_run", 0),
                       steps=ret.get("steps", 0), wall_seconds=time.perf_counter() - t0,
                       train_seconds=ret.get("train_seconds", 0.0), history=ret.get("history", []),
-                      checkpoint_path=ckpt_path)
+                      checkpoint_path=ckpt_path, optimizer=ret.get("optimizer"))
 
 
 def _state_from_checkpoint(checkpoint: ray.train.Checkpoint) -> dict[str, Any]:

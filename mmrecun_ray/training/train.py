@@ -99,7 +99,7 @@ def train(data_uri: str, model: str, out_uri: str, scaling: Scaling,
                      data_uri=str(data_uri), manifest_hash=inputs.manifest_hash,
                      loop_config=cfg.to_dict())
     model_uri = join(out_uri, "model")
-    export_model(model_uri, info, result.state or {})
+    export_model(model_uri, info, result.state or {}, result.optimizer)
     net, _ = load_model(model_uri, ds)
     metrics = evaluate_model(net, ds)
     wall = time.perf_counter() - t0
@@ -110,7 +110,7 @@ def train(data_uri: str, model: str, out_uri: str, scaling: Scaling,
                "workers": scaling.workers, "loop_config": cfg.to_dict(),
                "metrics": metrics}
     info.metrics = metrics
-    export_model(model_uri, info, result.state or {})
+    write_json_atomic(join(model_uri, "model.json"), info.to_dict())
     write_metrics(out_uri, payload)
     logger.info("trained %s in %.1fs: test recall@20 %.4f ndcg@20 %.4f", model, wall,
                 metrics["test"].get("recall@20", float("nan")), metrics["test"].get("ndcg@20", float("nan")))

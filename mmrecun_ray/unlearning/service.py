@@ -168,7 +168,8 @@ def run_methods(model_uri: str, data_uri: str, spec: str, methods: list[str], ou
             res = run_method(method, model_uri, fset, retain_data, prep.retain_uri, scaling,
                              settings, reference_valid_recall=ref)
         method_uri = join(out_uri, method) if command == "compare" else out_uri
-        export_model(join(method_uri, "model"), res.info, res.state)
+        export_model(join(method_uri, "model"), res.info, res.state,
+                     res.loop.optimizer if res.loop is not None and res.info.model != "sisa" else None)
         u, i = _eval_model_embeddings(res, fset)
         row = audit(u, i, prep, gold_top=gold_top)
         top = row.pop("_top")
