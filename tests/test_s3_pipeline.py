@@ -116,7 +116,7 @@ def test_two_worker_run_reads_from_and_checkpoints_to_s3(runs: dict[str, Any]) -
     ckpts = list_files(join(runs["ddp_out"], "ray"))  # --storage defaulted to <out>/ray on S3
     assert any(f.endswith("/checkpoint.pt") for f in ckpts), ckpts
     assert any(f.endswith("checkpoint_manager_snapshot.json") for f in ckpts), ckpts
-    assert list_files(join(runs["ddp_out"], "model")) == ["model.json", "model.pt"]
+    assert list_files(join(runs["ddp_out"], "model")) == ["model.json", "model.pt", "optimizer.pt"]
     # trained on S3-streamed shards in 2 processes: as good as the local-mode run on the same data
     local = runs["s3"]["train"]["metrics"]["test"]["recall@20"]
     assert abs(ddp["metrics"]["test"]["recall@20"] - local) < 0.03, (ddp["metrics"]["test"], local)

@@ -194,6 +194,7 @@ def train_loop(config: dict[str, Any]) -> dict[str, Any]:
         logger.info("resumed from checkpoint at epoch %d", ck["epoch"])
 
     unlearning = cfg.objective in ("mmrecun", "neggrad")
+    initial_valid: float | None = None
     allowed = None if inputs.active_items is None else np.flatnonzero(np.asarray(inputs.active_items))
     sampler = NegativeSampler(inputs.known_keys, inputs.n_items, allowed, seed=np_seed)
     train_shard = ray.train.get_dataset_shard("train")
@@ -203,9 +204,19 @@ def train_loop(config: dict[str, Any]) -> dict[str, Any]:
         retain_stream = _cycle(train_shard, retain_bs, np_seed, cfg.shuffle_buffer)
     reverse = reverse_bpr_loss if cfg.objective == "mmrecun" else negated_bpr_loss
 
+    if unlearning and start_epoch == 0:
+        # the utility floor is relative to the model before any unlearning step, and that
+        # model is the fallback if even the first steps break the floor
+        model.eval()
+        with torch.no_grad():
+            out0 = _core(model)()
+        initial_valid = sharded_evaluate(out0, inputs, inputs.valid_user, inputs.valid_item,
+                                         (20,), rank, world, device)["recall@20"]
+        if rank == 0:
+            best["state"] = {k: v.detach().cpu().numpy().copy()
+                             for k, v in _core(model).state_dict().items()}
     steps, stale, t0, last_log = 0, 0, time.perf_counter(), 0.0
     epoch, history = start_epoch - 1, []
-    initial_valid: float | None = None
     report_t = 0.0
     for epoch in range(start_epoch, cfg.epochs):
         model.train()
@@ -259,8 +270,6 @@ def train_loop(config: dict[str, Any]) -> dict[str, Any]:
                                  cfg.eval_ks, rank, world, device)
         metrics.update({f"valid_{k}": v for k, v in valid.items()})
         score = valid.get("recall@20", 0.0)
-        if initial_valid is None:
-            initial_valid = score
         stop = False
         if unlearning and inputs.forget_user is not None and inputs.forget_user.size:
             forget = sharded_evaluate(out, inputs, inputs.forget_user, inputs.forget_item,
@@ -275,13 +284,15 @@ def train_loop(config: dict[str, Any]) -> dict[str, Any]:
                     forget["recall@20"] <= cfg.forget_target_recall
                     or (cfg.stop_on_auc and auc <= 0.5)):
                 stop = True
+            # unlearning keeps the latest state that respects the utility floor: forgetting
+            # is the goal, but never at more than (1 - min_valid_ratio) of the start's recall
+            improved = True
             if (cfg.min_valid_ratio is not None and initial_valid
                     and score < cfg.min_valid_ratio * initial_valid):
-                logger.warning("validation recall fell below %.2f of its start; stopping",
-                               cfg.min_valid_ratio)
-                stop = True
-            # unlearning keeps the latest state: forgetting is the goal, not valid recall
-            improved = True
+                logger.warning("validation recall %.4f fell below %.2f x its start %.4f; stopping "
+                               "and keeping the last state above the floor", score,
+                               cfg.min_valid_ratio, initial_valid)
+                stop, improved = True, False
         else:
             improved = score > best["score"]
         if improved:
