@@ -57,6 +57,14 @@ class Recommender(nn.Module):
         self.n_items = int(n_items)
         self.params = dict(params or {})
 
+    def init_id_embeddings(self, user_dim: int, item_dim: int | None = None) -> None:
+        """Create ``user_embedding`` ``(n_users, user_dim)`` and ``item_embedding``
+        ``(n_items, item_dim or user_dim)``, Xavier-uniform initialised (MMRec's init)."""
+        self.user_embedding = nn.Embedding(self.n_users, int(user_dim))
+        self.item_embedding = nn.Embedding(self.n_items, int(item_dim or user_dim))
+        nn.init.xavier_uniform_(self.user_embedding.weight)
+        nn.init.xavier_uniform_(self.item_embedding.weight)
+
     # -- graph and features -------------------------------------------------------------
     def set_graph(self, train_edges: torch.Tensor) -> None:
         """Install the user-item training graph.

@@ -76,10 +76,7 @@ class FREEDOM(UserItemGraphMixin, ItemFeaturesMixin, Recommender):
         self.n_ui_layers = int(self.params["n_ui_layers"])
         self.dropout = float(self.params["dropout"])
         self.mm_loss_weight = float(self.params["mm_loss_weight"])
-        self.user_embedding = nn.Embedding(self.n_users, d)
-        self.item_embedding = nn.Embedding(self.n_items, d)
-        nn.init.xavier_uniform_(self.user_embedding.weight)
-        nn.init.xavier_uniform_(self.item_embedding.weight)
+        self.init_id_embeddings(d)
         self.projection = nn.ModuleDict({m: nn.Linear(t.shape[1], d) for m, t in feats.items()})
         self.set_item_features(feats)
 

@@ -37,10 +37,7 @@ class LightGCN(UserItemGraphMixin, Recommender):
         self.params = {**self.DEFAULTS, **self.params}
         d = int(self.params["embedding_dim"])
         self.n_layers = int(self.params["n_layers"])
-        self.user_embedding = nn.Embedding(self.n_users, d)
-        self.item_embedding = nn.Embedding(self.n_items, d)
-        nn.init.xavier_uniform_(self.user_embedding.weight)
-        nn.init.xavier_uniform_(self.item_embedding.weight)
+        self.init_id_embeddings(d)
 
     def forward(self) -> ModelOutput:
         """Returns ``user (n_users, d)``, ``item (n_items, d)`` after propagation."""

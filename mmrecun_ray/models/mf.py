@@ -29,10 +29,7 @@ class MF(Recommender):
         super().__init__(n_users, n_items, features, params)
         self.params = {**self.DEFAULTS, **self.params}
         d = int(self.params["embedding_dim"])
-        self.user_embedding = nn.Embedding(self.n_users, d)
-        self.item_embedding = nn.Embedding(self.n_items, d)
-        nn.init.xavier_uniform_(self.user_embedding.weight)
-        nn.init.xavier_uniform_(self.item_embedding.weight)
+        self.init_id_embeddings(d)
 
     def forward(self) -> ModelOutput:
         """Returns ``ModelOutput(user=(n_users, d), item=(n_items, d))``."""

@@ -80,10 +80,7 @@ class MGCN(UserItemGraphMixin, ItemFeaturesMixin, Recommender):
         self.n_ui_layers = int(self.params["n_ui_layers"])
         self.cl_weight = float(self.params["cl_loss"])
         self.temperature = float(self.params["temperature"])
-        self.user_embedding = nn.Embedding(self.n_users, d)
-        self.item_embedding = nn.Embedding(self.n_items, d)
-        nn.init.xavier_uniform_(self.user_embedding.weight)
-        nn.init.xavier_uniform_(self.item_embedding.weight)
+        self.init_id_embeddings(d)
         self.projection = nn.ModuleDict({m: nn.Linear(t.shape[1], d) for m, t in feats.items()})
         self.purifier_gate = nn.ModuleDict(
             {m: nn.Sequential(nn.Linear(d, d), nn.Sigmoid()) for m in feats})

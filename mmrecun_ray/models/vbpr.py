@@ -49,10 +49,7 @@ class VBPR(ItemFeaturesMixin, Recommender):
         self.params = {**self.DEFAULTS, **self.params}
         feats = self._init_features(features)
         d = int(self.params["embedding_dim"])
-        self.user_embedding = nn.Embedding(self.n_users, 2 * d)
-        self.item_embedding = nn.Embedding(self.n_items, d)
-        nn.init.xavier_uniform_(self.user_embedding.weight)
-        nn.init.xavier_uniform_(self.item_embedding.weight)
+        self.init_id_embeddings(2 * d, d)
         self.projection = nn.ModuleDict(
             {m: nn.Linear(t.shape[1], d, bias=False) for m, t in feats.items()})
         for lin in self.projection.values():
