@@ -256,7 +256,7 @@ def apply_forget_filter(ds: RecDataset, forgotten: np.ndarray) -> RecDataset:
                                manifest=manifest)
 
 
-def _ledger_forgotten(uri: str) -> np.ndarray | None:
+def ledger_forgotten(uri: str) -> np.ndarray | None:
     """Pair keys the forget-request ledger says must be hidden for ``uri`` (None: no ledger)."""
     try:
         from mmrecun_ray.storage import ledger  # type: ignore[attr-defined]
@@ -294,7 +294,7 @@ def load_dataset(uri: str | Path, *, verify_hashes: bool = True) -> RecDataset:
                         "entry in 'modalities'")
     ds = RecDataset(n_users=int(m.n_users), n_items=int(m.n_items), train=splits["train"],
                     valid=splits["valid"], test=splits["test"], features=features, manifest=m, uri=uri)
-    forgotten = _ledger_forgotten(uri)
+    forgotten = ledger_forgotten(uri)
     if forgotten is not None and forgotten.size:
         ds = apply_forget_filter(ds, forgotten)
         log.info("%s: forget ledger removed %d interactions", uri, ds.manifest.extra["forget_filtered_rows"])

@@ -359,7 +359,6 @@ def knn_edges(features: torch.Tensor, k: int, valid: torch.Tensor | None = None,
         ``(index, sim)``: ``(2, M)`` int64 (row = item, col = neighbour) and ``(M,)``
         cosine similarities, ``M <= n * k``.
     """
-    n = features.shape[0]
     device = features.device
     feats = features if features.is_floating_point() else features.float()
     norms = feats.norm(dim=1)

@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 import torch
-from torch import nn
 
 from mmrecun_ray.models.base import ModelOutput, Recommender
 

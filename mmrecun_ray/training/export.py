@@ -105,11 +105,11 @@ def check_compatible(info: ModelInfo, ds: RecDataset, model_uri: str) -> None:
                             f"has {ds.features[m].shape[1]}")
 
 
-def load_model(model_uri: str, ds: RecDataset, device: str | torch.device = "cpu"
-               ) -> tuple[Recommender, ModelInfo]:
-    """Rebuild an exported model over ``ds``'s training graph, in eval mode."""
-    info = read_model_info(model_uri)
-    check_compatible(info, ds, model_uri)
+def build_from_state(info: ModelInfo, ds: RecDataset, state: dict[str, Any],
+                     device: str | torch.device = "cpu", where: str = "model") -> Recommender:
+    """Rebuild a model described by ``info`` with weights ``state`` over ``ds``'s training
+    graph and features (banned items out of the modality graphs), in eval mode."""
+    check_compatible(info, ds, where)
     feats = {m: torch.from_numpy(np.ascontiguousarray(ds.features[m])).float()
              for m in info.modalities if m in ds.features}
     model = build_model(info.model, info.n_users, info.n_items, feats, info.params)
@@ -117,9 +117,16 @@ def load_model(model_uri: str, ds: RecDataset, device: str | torch.device = "cpu
         active = torch.ones(info.n_items, dtype=torch.bool)
         active[torch.as_tensor(info.banned_items, dtype=torch.long)] = False
         model.set_item_features(feats, active)
-    model.load_state_dict(read_state(model_uri), strict=False)
+    model.load_state_dict({k: torch.as_tensor(np.array(v)) for k, v in state.items()}, strict=False)
     model = model.to(device)
     edges = torch.from_numpy(np.stack([ds.train.user, ds.train.item]).astype(np.int64)).to(device)
     model.set_graph(edges)
     model.eval()
-    return model, info
+    return model
+
+
+def load_model(model_uri: str, ds: RecDataset, device: str | torch.device = "cpu"
+               ) -> tuple[Recommender, ModelInfo]:
+    """Rebuild an exported model over ``ds``'s training graph, in eval mode."""
+    info = read_model_info(model_uri)
+    return build_from_state(info, ds, read_state(model_uri), device, where=model_uri), info

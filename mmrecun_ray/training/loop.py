@@ -11,6 +11,7 @@ when validation improves.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 import math
 import tempfile
 import time
@@ -31,6 +32,7 @@ from mmrecun_ray.models.base import ModelOutput, Recommender
 from mmrecun_ray.objectives import bpr_loss, negated_bpr_loss, pair_scores, reverse_bpr_loss
 from mmrecun_ray.training.config import LoopConfig, LoopInputs
 from mmrecun_ray.training.sampler import NegativeSampler
+from mmrecun_ray.unlearning.audit import mia_auc_from_scores
 
 logger = logging.getLogger(__name__)
 
@@ -95,22 +97,35 @@ def _allreduce(values: np.ndarray, device: torch.device) -> np.ndarray:
     return values
 
 
+@dataclass
+class EvalMasks:
+    """What ranking masks, built once per run: each user's training items (CSR) and the
+    items that left the catalogue."""
+
+    csr: tuple[np.ndarray, np.ndarray]
+    banned: np.ndarray | None
+
+    @classmethod
+    def of(cls, inputs: LoopInputs) -> "EvalMasks":
+        csr = build_csr(inputs.known_keys // inputs.n_items, inputs.known_keys % inputs.n_items,
+                        inputs.n_users)
+        banned = (None if inputs.active_items is None
+                  else np.flatnonzero(~np.asarray(inputs.active_items)))
+        return cls(csr, banned)
+
+
 @torch.no_grad()
-def sharded_evaluate(out: ModelOutput, inputs: LoopInputs, target_user: np.ndarray,
-                     target_item: np.ndarray, ks: tuple[int, ...], rank: int, world: int,
-                     device: torch.device) -> dict[str, float]:
+def sharded_evaluate(out: ModelOutput, inputs: LoopInputs, masks: EvalMasks,
+                     target_user: np.ndarray, target_item: np.ndarray, ks: tuple[int, ...],
+                     rank: int, world: int, device: torch.device) -> dict[str, float]:
     """Full-ranking metrics on ``target`` pairs, users split over ranks, exact after the
     all-reduce (each rank contributes ``mean * n_users`` sums)."""
     users_all = np.unique(target_user)
     mine = users_all[users_all % world == rank]
-    known_u = inputs.known_keys // inputs.n_items
-    known_i = inputs.known_keys % inputs.n_items
-    csr = build_csr(known_u, known_i, inputs.n_users)
-    banned = None if inputs.active_items is None else np.flatnonzero(~np.asarray(inputs.active_items))
     sel = np.isin(target_user, mine)
     if mine.size:
-        m = evaluate_split(out.user, out.item, csr, (target_user[sel], target_item[sel]),
-                           inputs.n_users, inputs.n_items, ks=ks, banned_items=banned)
+        m = evaluate_split(out.user, out.item, masks.csr, (target_user[sel], target_item[sel]),
+                           inputs.n_users, inputs.n_items, ks=ks, banned_items=masks.banned)
         n = float(m.get("n_users", mine.size))
     else:
         m, n = {}, 0.0
@@ -136,14 +151,7 @@ def forget_auc(out: ModelOutput, inputs: LoopInputs, sampler: NegativeSampler,
     finally:
         sampler.rng = training_rng
     pos, neg = pair_scores(out, u, i, j)
-    diff = pos.unsqueeze(1) - neg.unsqueeze(0) if pos.numel() <= 4096 else None
-    if diff is not None:
-        return float(((diff > 0).float() + 0.5 * (diff == 0).float()).mean())
-    allv = torch.cat([pos, neg])
-    ranks = torch.empty_like(allv)
-    ranks[allv.argsort()] = torch.arange(1, allv.numel() + 1, dtype=allv.dtype, device=allv.device)
-    n = pos.numel()
-    return float((ranks[:n].sum() - n * (n + 1) / 2) / (n * neg.numel()))
+    return mia_auc_from_scores(pos.cpu().numpy(), neg.cpu().numpy())
 
 
 def _save_checkpoint(path: Path, model: torch.nn.Module, opt: torch.optim.Optimizer,
@@ -197,6 +205,7 @@ def train_loop(config: dict[str, Any]) -> dict[str, Any]:
     initial_valid: float | None = None
     allowed = None if inputs.active_items is None else np.flatnonzero(np.asarray(inputs.active_items))
     sampler = NegativeSampler(inputs.known_keys, inputs.n_items, allowed, seed=np_seed)
+    masks = EvalMasks.of(inputs)
     train_shard = ray.train.get_dataset_shard("train")
     if unlearning:
         forget_shard = ray.train.get_dataset_shard("forget")
@@ -210,7 +219,7 @@ def train_loop(config: dict[str, Any]) -> dict[str, Any]:
         model.eval()
         with torch.no_grad():
             out0 = _core(model)()
-        initial_valid = sharded_evaluate(out0, inputs, inputs.valid_user, inputs.valid_item,
+        initial_valid = sharded_evaluate(out0, inputs, masks, inputs.valid_user, inputs.valid_item,
                                          (20,), rank, world, device)["recall@20"]
         if rank == 0:
             best["state"] = {k: v.detach().cpu().numpy().copy()
@@ -266,13 +275,13 @@ def train_loop(config: dict[str, Any]) -> dict[str, Any]:
         metrics: dict[str, Any] = {"epoch": epoch, "steps": steps,
                                    "loss": ep_loss / max(ep_batches, 1),
                                    "epoch_seconds": train_t, "last_report_seconds": report_t}
-        valid = sharded_evaluate(out, inputs, inputs.valid_user, inputs.valid_item,
+        valid = sharded_evaluate(out, inputs, masks, inputs.valid_user, inputs.valid_item,
                                  cfg.eval_ks, rank, world, device)
         metrics.update({f"valid_{k}": v for k, v in valid.items()})
         score = valid.get("recall@20", 0.0)
         stop = False
         if unlearning and inputs.forget_user is not None and inputs.forget_user.size:
-            forget = sharded_evaluate(out, inputs, inputs.forget_user, inputs.forget_item,
+            forget = sharded_evaluate(out, inputs, masks, inputs.forget_user, inputs.forget_item,
                                       cfg.eval_ks, rank, world, device)
             metrics.update({f"forget_{k}": v for k, v in forget.items()})
             auc = forget_auc(out, inputs, sampler, device)
@@ -307,15 +316,13 @@ def train_loop(config: dict[str, Any]) -> dict[str, Any]:
         metrics["best_epoch"] = best["epoch"]
         history.append(metrics)
 
-        if rank == 0 and time.perf_counter() - last_log >= cfg.log_every_s or stop or last_epoch:
-            if rank == 0:
-                done = epoch + 1 - start_epoch
-                per = (time.perf_counter() - t0) / max(done, 1)
-                logger.info("epoch %d/%d loss %.4f valid recall@20 %.4f (best %.4f @%d) "
-                            "%.2fs/epoch ETA<=%.0fs", epoch + 1, cfg.epochs, metrics["loss"],
-                            score, best["score"], best["epoch"] + 1, per,
-                            per * (cfg.epochs - epoch - 1))
-                last_log = time.perf_counter()
+        if rank == 0 and (time.perf_counter() - last_log >= cfg.log_every_s or stop or last_epoch):
+            per = (time.perf_counter() - t0) / max(epoch + 1 - start_epoch, 1)
+            logger.info("epoch %d/%d loss %.4f valid recall@20 %.4f (best %.4f @%d) "
+                        "%.2fs/epoch ETA<=%.0fs", epoch + 1, cfg.epochs, metrics["loss"],
+                        score, best["score"], best["epoch"] + 1, per,
+                        per * (cfg.epochs - epoch - 1))
+            last_log = time.perf_counter()
         if improved and rank == 0:
             best["state"] = {k: v.detach().cpu().numpy().copy()
                              for k, v in _core(model).state_dict().items()}

@@ -10,13 +10,14 @@ from typing import Any
 import numpy as np
 import ray.data
 
-from mmrecun_ray.data.dataset import interactions_dataset, load_dataset, read_manifest
+from mmrecun_ray.data.dataset import (interactions_dataset, ledger_forgotten, load_dataset,
+                                      read_manifest)
 from mmrecun_ray.data.schema import RecDataset
 from mmrecun_ray.evaluation.evaluate import evaluate_model
-from mmrecun_ray.models import build_model, default_params
+from mmrecun_ray.models import default_params
 from mmrecun_ray.storage import join, write_json_atomic
 from mmrecun_ray.training.config import LoopConfig, LoopInputs
-from mmrecun_ray.training.export import ModelInfo, export_model, load_model
+from mmrecun_ray.training.export import ModelInfo, build_from_state, export_model
 from mmrecun_ray.training.runner import LoopResult, Scaling, ensure_ray, run_loop
 
 logger = logging.getLogger(__name__)
@@ -52,7 +53,7 @@ def train_datasets(data_uri: str, materialize: bool = True) -> dict[str, ray.dat
     """The training pairs as a Ray Dataset read from Parquet (``user_id``, ``item_id``),
     with every pair the dataset's forget ledger lists filtered out of the stream."""
     ds = interactions_dataset(data_uri, "train")
-    forgotten = forgotten_keys(data_uri)
+    forgotten = ledger_forgotten(data_uri)
     if forgotten is not None and forgotten.size:
         n_items = read_manifest(data_uri).n_items
         keys = np.unique(forgotten)
@@ -62,16 +63,6 @@ def train_datasets(data_uri: str, materialize: bool = True) -> dict[str, ray.dat
             return {k: v[keep] for k, v in batch.items()}
         ds = ds.map_batches(drop_forgotten, batch_format="numpy")
     return {"train": ds.materialize() if materialize else ds}
-
-
-def forgotten_keys(data_uri: str) -> np.ndarray | None:
-    """Pair keys ``user * n_items + item`` the dataset's ledger hides (None: no ledger)."""
-    try:
-        from mmrecun_ray.storage import ledger
-    except ImportError:
-        return None
-    keys = ledger.forgotten_pairs(data_uri)
-    return None if keys is None else np.asarray(keys, dtype=np.int64)
 
 
 @dataclass
@@ -99,8 +90,7 @@ def train(data_uri: str, model: str, out_uri: str, scaling: Scaling,
                      data_uri=str(data_uri), manifest_hash=inputs.manifest_hash,
                      loop_config=cfg.to_dict())
     model_uri = join(out_uri, "model")
-    export_model(model_uri, info, result.state or {}, result.optimizer)
-    net, _ = load_model(model_uri, ds)
+    net = build_from_state(info, ds, result.state or {})
     metrics = evaluate_model(net, ds)
     wall = time.perf_counter() - t0
     payload = {"command": "train", "model": model, "data": str(data_uri), "model_uri": model_uri,
@@ -110,7 +100,7 @@ def train(data_uri: str, model: str, out_uri: str, scaling: Scaling,
                "workers": scaling.workers, "loop_config": cfg.to_dict(),
                "metrics": metrics}
     info.metrics = metrics
-    write_json_atomic(join(model_uri, "model.json"), info.to_dict())
+    export_model(model_uri, info, result.state or {}, result.optimizer)
     write_metrics(out_uri, payload)
     logger.info("trained %s in %.1fs: test recall@20 %.4f ndcg@20 %.4f", model, wall,
                 metrics["test"].get("recall@20", float("nan")), metrics["test"].get("ndcg@20", float("nan")))

@@ -27,7 +27,6 @@ import numpy as np
 import pyarrow as pa
 import ray.data
 
-from mmrecun_ray.data.schema import RecDataset
 from mmrecun_ray.errors import ConfigError
 from mmrecun_ray.training.config import LoopConfig, dataclass_from_mapping
 from mmrecun_ray.training.export import ModelInfo, read_model_info, read_optimizer, read_state

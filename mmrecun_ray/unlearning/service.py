@@ -19,16 +19,15 @@ import numpy as np
 import torch
 
 from mmrecun_ray.data.dataset import interactions_dataset, load_dataset
-from mmrecun_ray.data.schema import Interactions, RecDataset
+from mmrecun_ray.data.schema import RecDataset
 from mmrecun_ray.data.writer import write_dataset
 from mmrecun_ray.evaluation.evaluate import KS, embeddings, evaluate_embeddings
 from mmrecun_ray.evaluation.ranking import build_csr, full_ranking_topk
-from mmrecun_ray.models import build_model
 from mmrecun_ray.storage import exists, join, write_json_atomic
 from mmrecun_ray.storage.uri import to_jsonable
-from mmrecun_ray.training.export import export_model, load_model, read_model_info
+from mmrecun_ray.training.export import build_from_state, export_model, load_model, read_model_info
 from mmrecun_ray.training.runner import Scaling, ensure_ray
-from mmrecun_ray.unlearning.methods import MethodResult, UnlearnSettings, active_mask, run_method
+from mmrecun_ray.unlearning.methods import UnlearnSettings, run_method
 from mmrecun_ray.unlearning.requests import ForgetSet, parse_request, resolve_request
 
 logger = logging.getLogger(__name__)
@@ -73,18 +72,6 @@ def _record(data_uri: str, fset: ForgetSet) -> dict[str, Any] | None:
     return ledger.record_request(join(data_uri, "ledger"), fset)
 
 
-def _eval_model_embeddings(res: MethodResult, fset: ForgetSet) -> tuple[torch.Tensor, torch.Tensor]:
-    r = fset.retain
-    feats = {m: torch.from_numpy(np.ascontiguousarray(f)).float() for m, f in r.features.items()}
-    model = build_model(res.info.model, r.n_users, r.n_items, feats, res.info.params)
-    active = active_mask(fset, r.n_items)
-    if active is not None and model.uses_features:
-        model.set_item_features(feats, torch.from_numpy(active))
-    model.load_state_dict({k: torch.as_tensor(np.asarray(v)) for k, v in res.state.items()}, strict=False)
-    model.set_graph(torch.from_numpy(np.stack([r.train.user, r.train.item]).astype(np.int64)))
-    return embeddings(model)
-
-
 def audit(user_emb: torch.Tensor, item_emb: torch.Tensor, prep: Prepared,
           gold_top: np.ndarray | None = None, k: int = 20) -> dict[str, Any]:
     """Retain utility, forgetting, MIA and top-K lists of one model's embeddings."""
@@ -112,7 +99,6 @@ def audit(user_emb: torch.Tensor, item_emb: torch.Tensor, prep: Prepared,
 
 def _audit_original(model_uri: str, prep: Prepared) -> dict[str, Any]:
     """The trained model before unlearning, evaluated on the same retain/forget sets."""
-    r = prep.fset.retain
     model, _ = load_model(model_uri, prep.original)
     u, i = embeddings(model)
     res = audit(u, i, prep)
@@ -170,7 +156,7 @@ def run_methods(model_uri: str, data_uri: str, spec: str, methods: list[str], ou
         method_uri = join(out_uri, method) if command == "compare" else out_uri
         export_model(join(method_uri, "model"), res.info, res.state,
                      res.loop.optimizer if res.loop is not None and res.info.model != "sisa" else None)
-        u, i = _eval_model_embeddings(res, fset)
+        u, i = embeddings(build_from_state(res.info, fset.retain, res.state))
         row = audit(u, i, prep, gold_top=gold_top)
         top = row.pop("_top")
         if method == "gold":

@@ -18,7 +18,6 @@ import numpy as np
 import ray.data
 import torch
 
-from mmrecun_ray.models import build_model
 from mmrecun_ray.models.sisa import SISA, shard_of_users
 from mmrecun_ray.training.config import LoopConfig
 from mmrecun_ray.training.export import read_model_info
