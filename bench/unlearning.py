@@ -38,6 +38,10 @@ def main() -> int:
     p.add_argument("--also-local", action="store_true",
                    help="also run MMRecUN in Ray Train local mode (--workers 0: no worker group to "
                         "start) on the same request, with its speed-up over the DDP Gold run")
+    p.add_argument("--variant", action="append", default=[],
+                   help="also run MMRecUN with these extra settings (comma-separated key=value, "
+                        "e.g. 'reset_exclusive=false' for the reverse term alone), same workers; "
+                        "repeatable")
     p.add_argument("--no-record", action="store_true",
                    help="do not append requests to the ledger (so that requests stay independent)")
     args = p.parse_args()
@@ -58,6 +62,16 @@ def main() -> int:
             r = dict(loc["methods"][0], method="mmrecun (local mode)")
             r["speedup_vs_gold"] = gold["wall_seconds"] / max(r["wall_seconds"], 1e-9)
             rows.append(r)
+        for variant in args.variant:
+            sets = variant.split(",")
+            tag = "-".join(x.replace("=", "_") for x in sets)
+            v_settings = UnlearnSettings.from_sets({**settings.__dict__, **parse_sets(sets)})
+            var = run_methods(args.model_uri, args.data, spec, ["mmrecun"], f"{out}-{tag}",
+                              Scaling(workers=args.workers, storage_uri=str(Path(out) / "ray")),
+                              v_settings, command="unlearn", record=False)
+            r = dict(var["methods"][0], method=f"mmrecun ({variant})")
+            r["speedup_vs_gold"] = gold["wall_seconds"] / max(r["wall_seconds"], 1e-9)
+            rows.append(r)
         for r in rows:
             f = r["metrics"].get("forget", {}).get("recall@20")
             gf = gold["metrics"].get("forget", {}).get("recall@20")
@@ -67,7 +81,7 @@ def main() -> int:
                    "forget_R@20": f, "gold_forget_R@20": gf, "mia": r.get("mia_auc"),
                    "gold_mia": gold.get("mia_auc"), "wall_s": r["wall_seconds"],
                    "speedup": r.get("speedup_vs_gold", 1.0), "overlap@20": r.get("overlap@20_vs_gold"),
-                   "peak_mb": r.get("peak_rss_mb"),
+                   "peak_mb": r.get("peak_rss_mb"), "peak_tree_mb": r.get("peak_rss_tree_mb"),
                    "before_forget_R@20": pl["original"]["metrics"].get("forget", {}).get("recall@20")}
             summary.append(row)
             print(json.dumps(row), flush=True)

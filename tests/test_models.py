@@ -241,6 +241,33 @@ def test_set_graph_with_fewer_edges_removes_them_from_propagation(name: str) -> 
         assert bool(((pruned > 0) <= (a > 0)).all())  # only retained edges survive
 
 
+@pytest.mark.parametrize("name", ALL)
+def test_reinit_id_rows_redraws_only_the_named_rows(name: str) -> None:
+    """Re-drawn rows lie inside the table's Xavier bound, the same seed gives the same draw
+    on every worker, and every other row is untouched."""
+    edges, feats = small_problem()
+    model = build_model(name, 30, 25, feats, {"embedding_dim": 8})
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    users, items = torch.tensor([3, 7]), torch.tensor([5])
+    touched = model.reinit_id_rows(users, items, seed=11)
+    assert [tuple(p.shape) for p, _ in touched] == [tuple(model.user_embedding.weight.shape),
+                                                   tuple(model.item_embedding.weight.shape)]
+    u, i = model.user_embedding.weight, model.item_embedding.weight
+    assert not torch.allclose(u[users], before["user_embedding.weight"][users])
+    keep = torch.ones(30, dtype=torch.bool)
+    keep[users] = False
+    assert torch.equal(u[keep], before["user_embedding.weight"][keep])
+    assert torch.equal(i[torch.arange(25) != 5], before["item_embedding.weight"][torch.arange(25) != 5])
+    bound = math.sqrt(6.0 / (u.shape[0] + u.shape[1]))
+    assert float(u[users].abs().max()) <= bound
+    for k, v in model.state_dict().items():  # nothing else moved
+        if k not in ("user_embedding.weight", "item_embedding.weight"):
+            assert torch.equal(v, before[k]), k
+    twin = build_model(name, 30, 25, feats, {"embedding_dim": 8})
+    twin.reinit_id_rows(users, items, seed=11)
+    assert torch.equal(twin.user_embedding.weight[users], u[users])
+
+
 # -- kNN item graphs ----------------------------------------------------------------------
 HAND = torch.tensor([[1.0, 0.0], [1.0, 0.1], [0.0, 1.0], [0.1, 1.0], [-1.0, 0.0], [-1.0, -0.1]])
 

@@ -8,7 +8,8 @@ import numpy as np
 import torch
 
 from mmrecun_ray.models.base import ModelOutput
-from mmrecun_ray.objectives import bpr_loss, negated_bpr_loss, pair_scores, reverse_bpr_loss
+from mmrecun_ray.objectives import (bpr_loss, matched_reverse_bpr_loss, negated_bpr_loss, pair_scores,
+                                   reverse_bpr_loss)
 from mmrecun_ray.training.sampler import NegativeSampler
 
 
@@ -34,6 +35,20 @@ def test_reverse_bpr_is_bounded_but_negated_bpr_is_not() -> None:
     negated_bpr_loss(pos2, neg).backward()
     assert abs(pos2.grad.item() - 1.0) < 1e-6  # still pushing at full strength
     assert negated_bpr_loss(torch.tensor([-1e3]), neg).item() < -900  # unbounded below
+
+
+def test_matched_reverse_bpr_pushes_only_pairs_above_their_reference() -> None:
+    """Pair 0 sits 2 above its reference: loss ln(1 + e^2) / 2 and gradient sigmoid(2) / 2;
+    pair 1 is already below: no loss, no gradient; the reference itself never moves."""
+    pos = torch.tensor([2.0, -1.0], requires_grad=True)
+    ref = torch.tensor([0.0, 0.0], requires_grad=True)
+    loss = matched_reverse_bpr_loss(pos, ref)
+    loss.backward()
+    assert abs(loss.item() - math.log(1 + math.exp(2)) / 2) < 1e-6
+    sig2 = 1 / (1 + math.exp(-2))
+    assert torch.allclose(pos.grad, torch.tensor([sig2 / 2, 0.0]))
+    assert ref.grad is None or torch.all(ref.grad == 0)
+    assert matched_reverse_bpr_loss(torch.tensor([-1.0, -3.0]), torch.tensor([0.0, 0.0])).item() == 0.0
 
 
 def test_pair_scores_are_dot_products() -> None:

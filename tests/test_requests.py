@@ -9,6 +9,7 @@ import pytest
 
 from mmrecun_ray.data.schema import Interactions, Manifest, RecDataset
 from mmrecun_ray.errors import ConfigError, DataError
+from mmrecun_ray.unlearning.references import exclusive_ids, matched_references
 from mmrecun_ray.unlearning.requests import parse_request, resolve_request
 
 
@@ -86,3 +87,32 @@ def test_request_files(tmp_path) -> None:
 def test_bad_requests_name_what_is_wrong(spec: str, err: type, needle: str) -> None:
     with pytest.raises(err, match=needle.replace("(", r"\(")):
         resolve_request(parse_request(spec), _ds())
+
+
+def test_matched_references_follow_where_gold_would_rank_each_pair() -> None:
+    ds = _ds()
+    # users request: the users leave entirely -> never-seen items of theirs
+    fs1 = resolve_request(parse_request("users=1"), ds)  # u1: train {1,3}, valid 4, test 0
+    refs1 = matched_references(fs1, seed=0)
+    assert refs1.tolist() == [2, 2]  # the only item u1 never touched in any split
+    # interactions request: u0 keeps retain data and has validation item 3 -> reference 3
+    fi = resolve_request(parse_request("interactions=0:1,3:4"), ds)
+    ri = matched_references(fi, seed=0)
+    by_pair = dict(zip(zip(fi.forget.user.tolist(), fi.forget.item.tolist()), ri.tolist()))
+    assert by_pair[(0, 1)] == 3 and by_pair[(3, 4)] == 0  # u3's validation item is 0
+    # items request: the item left the catalogue -> never a banned or known item
+    fb = resolve_request(parse_request("items=4"), ds)
+    rb = matched_references(fb, seed=0)
+    by_user = dict(zip(fb.forget.user.tolist(), rb.tolist()))
+    assert by_user[2] == 3  # u2 never touched item 3 (train 0,4; valid 1; test 2)
+    assert by_user[3] != 4  # u3 touched every item: any but the banned one
+    assert np.array_equal(rb, matched_references(fb, seed=0))  # seeded
+
+
+def test_exclusive_ids_are_users_without_retain_data_and_banned_items() -> None:
+    users, items = exclusive_ids(resolve_request(parse_request("users=0,3"), _ds()))
+    assert users.tolist() == [0, 3] and items.size == 0
+    users, items = exclusive_ids(resolve_request(parse_request("interactions=0:1"), _ds()))
+    assert users.size == 0 and items.size == 0  # u0 keeps items 0 and 2
+    users, items = exclusive_ids(resolve_request(parse_request("items=4"), _ds()))
+    assert users.size == 0 and items.tolist() == [4]  # u2, u3 keep other items

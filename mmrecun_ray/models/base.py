@@ -65,6 +65,29 @@ class Recommender(nn.Module):
         nn.init.xavier_uniform_(self.user_embedding.weight)
         nn.init.xavier_uniform_(self.item_embedding.weight)
 
+    @torch.no_grad()
+    def reinit_id_rows(self, users: torch.Tensor | None = None, items: torch.Tensor | None = None,
+                       seed: int = 0) -> list[tuple[nn.Parameter, torch.Tensor]]:
+        """Re-draw the ID-embedding rows of ``users`` / ``items`` (``(k,)`` int64) from the
+        initial distribution (Xavier-uniform bound of the whole table), as a model trained
+        without them would hold them: rows no training pair ever reaches keep their init.
+
+        Returns ``(parameter, rows)`` pairs so that a caller can clear the optimizer's
+        per-row state too. Same ``seed`` -> same draw on every worker.
+        """
+        gen = torch.Generator().manual_seed(int(seed))
+        touched = []
+        for table, rows in ((getattr(self, "user_embedding", None), users),
+                            (getattr(self, "item_embedding", None), items)):
+            if table is None or rows is None or rows.numel() == 0:
+                continue
+            w = table.weight
+            bound = (6.0 / (w.shape[0] + w.shape[1])) ** 0.5
+            fresh = (torch.rand((rows.numel(), w.shape[1]), generator=gen) * 2 - 1) * bound
+            w[rows.to(w.device)] = fresh.to(w.device, w.dtype)
+            touched.append((w, rows))
+        return touched
+
     # -- graph and features -------------------------------------------------------------
     def set_graph(self, train_edges: torch.Tensor) -> None:
         """Install the user-item training graph.

@@ -1,5 +1,8 @@
-"""Training objectives: BPR, reverse BPR (MMRecUN), negated BPR (NegGrad baseline)."""
+"""Training objectives: BPR, reverse BPR (MMRecUN, sampled or matched reference), negated
+BPR (NegGrad baseline)."""
 
-from mmrecun_ray.objectives.bpr import bpr_loss, negated_bpr_loss, pair_scores, reverse_bpr_loss
+from mmrecun_ray.objectives.bpr import (bpr_loss, matched_reverse_bpr_loss, negated_bpr_loss,
+                                        pair_scores, reverse_bpr_loss)
 
-__all__ = ["bpr_loss", "negated_bpr_loss", "pair_scores", "reverse_bpr_loss"]
+__all__ = ["bpr_loss", "matched_reverse_bpr_loss", "negated_bpr_loss", "pair_scores",
+           "reverse_bpr_loss"]

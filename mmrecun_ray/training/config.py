@@ -37,6 +37,13 @@ class LoopConfig:
     (item embeddings held fixed in that term: forgotten users move, the catalogue they
     share with retain users does not) or ``item`` (users held fixed). The loss value is the
     same; only which side of D_f's pairs it moves differs.
+
+    ``reverse_reference`` picks the ``j`` of the reverse term ``-ln sigmoid(s(u,j) - s(u,i))``:
+    ``sampled`` (the paper: a fresh uniform negative every step) or ``matched`` (a fixed
+    per-pair reference from the ``forget`` dataset's ``ref_item`` column, its score held
+    fixed, the term applied only while ``s(u,i) > s(u,j)``; see
+    :mod:`mmrecun_ray.unlearning.references`). With ``matched``, the run stops once at most
+    ``matched_tolerance`` of D_f still scores above its reference.
     """
 
     model: str
@@ -59,6 +66,8 @@ class LoopConfig:
     eval_ks: tuple[int, ...] = (10, 20, 50)
     reverse_side: str = "both"
     stop_on_auc: bool = False
+    reverse_reference: str = "sampled"
+    matched_tolerance: float = 0.5
     checkpoint_every: int = 10
     report_every: int = 5
     log_every_s: float = 10.0
@@ -70,9 +79,18 @@ class LoopConfig:
             raise ConfigError("batch_size and epochs must be positive")
         if self.reverse_side not in ("both", "user", "item"):
             raise ConfigError(f"reverse_side {self.reverse_side!r}: expected both, user or item")
+        if self.reverse_reference not in ("sampled", "matched"):
+            raise ConfigError(f"reverse_reference {self.reverse_reference!r}: expected sampled or matched")
+        if not 0.0 <= self.matched_tolerance < 1.0:
+            raise ConfigError("matched_tolerance must be in [0, 1)")
         if self.forget_ratio <= 0:
             raise ConfigError("forget_ratio must be positive")
         self.eval_ks = tuple(int(k) for k in self.eval_ks)
+
+    @property
+    def matched_reverse(self) -> bool:
+        """Whether the reverse term uses fixed per-pair references (MMRecUN only)."""
+        return self.objective == "mmrecun" and self.reverse_reference == "matched"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -94,7 +112,12 @@ class LoopInputs:
         features: modality -> ``(n_items, d)`` float32.
         valid_user / valid_item: ``(V,)`` int64 validation pairs.
         forget_user / forget_item: ``(F,)`` int64 forget pairs (unlearning only).
+        forget_ref: ``(F,)`` int64 reference item of each forget pair (``matched`` reverse
+            term only).
         init_state: model state dict (numpy) to start from (unlearning, fine-tuning).
+        reset_users / reset_items: ``(k,)`` int64 ids whose ID-embedding rows (and their
+            optimizer state) are re-drawn from the initial distribution before the first
+            step: parameters only D_f ever trained, unlearned exactly.
         init_optimizer: the trained model's Adam state: continuing with its moment
             estimates keeps steps on converged parameters at the training scale (a fresh
             Adam moves every touched parameter by ~lr per step and wrecks a converged model).
@@ -111,6 +134,9 @@ class LoopInputs:
     valid_item: np.ndarray
     forget_user: np.ndarray | None = None
     forget_item: np.ndarray | None = None
+    forget_ref: np.ndarray | None = None
+    reset_users: np.ndarray | None = None
+    reset_items: np.ndarray | None = None
     init_state: dict[str, np.ndarray] | None = None
     init_optimizer: dict[str, Any] | None = None
     active_items: np.ndarray | None = None

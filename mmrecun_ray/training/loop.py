@@ -29,7 +29,8 @@ import torch.distributed as dist
 from mmrecun_ray.evaluation.ranking import build_csr, evaluate_split
 from mmrecun_ray.models import build_model
 from mmrecun_ray.models.base import ModelOutput, Recommender
-from mmrecun_ray.objectives import bpr_loss, negated_bpr_loss, pair_scores, reverse_bpr_loss
+from mmrecun_ray.objectives import (bpr_loss, matched_reverse_bpr_loss, negated_bpr_loss,
+                                   pair_scores, reverse_bpr_loss)
 from mmrecun_ray.training.config import LoopConfig, LoopInputs
 from mmrecun_ray.training.sampler import NegativeSampler
 from mmrecun_ray.unlearning.audit import mia_auc_from_scores
@@ -154,6 +155,110 @@ def forget_auc(out: ModelOutput, inputs: LoopInputs, sampler: NegativeSampler,
     return mia_auc_from_scores(pos.cpu().numpy(), neg.cpu().numpy())
 
 
+@torch.no_grad()
+def forget_above_reference(out: ModelOutput, inputs: LoopInputs, device: torch.device) -> float:
+    """Share of forget pairs still scoring above their fixed reference item (``matched``
+    reverse term; identical on every rank)."""
+    u = torch.from_numpy(inputs.forget_user).to(device)
+    pos, ref = pair_scores(out, u, torch.from_numpy(inputs.forget_item).to(device),
+                           torch.from_numpy(inputs.forget_ref).to(device))
+    return float((pos > ref).double().mean())
+
+
+def matched_threshold(tolerance: float, n_pairs: int) -> float:
+    """Stop threshold on the share of D_f above its reference: ``tolerance`` plus two
+    binomial standard errors over ``n_pairs`` (a share not significantly above the
+    tolerance counts as met: Gold's own D_f lands within that noise of 0.5)."""
+    return tolerance + 2.0 * math.sqrt(tolerance * (1.0 - tolerance) / max(int(n_pairs), 1))
+
+
+def forget_state(out: ModelOutput, inputs: LoopInputs, masks: EvalMasks, cfg: LoopConfig,
+                 matched: bool, sampler: NegativeSampler, rank: int, world: int,
+                 device: torch.device) -> tuple[dict[str, float], bool]:
+    """Forget-set metrics (``forget_<metric>@K``, ``forget_auc`` and, when ``matched``,
+    ``forget_above_reference``) and whether the forgetting stop rule holds:
+
+    - ``matched``: the share of D_f scoring above its reference is not significantly above
+      ``matched_tolerance`` (:func:`matched_threshold`): D_f sits where Gold would place it;
+    - else: forget Recall@20 at or below ``forget_target_recall`` or, with ``stop_on_auc``,
+      the score attack's AUC at or below 0.5 (pushing further makes the pairs
+      conspicuously *low*, a signal in itself).
+    """
+    forget = sharded_evaluate(out, inputs, masks, inputs.forget_user, inputs.forget_item,
+                              cfg.eval_ks, rank, world, device)
+    metrics = {f"forget_{k}": v for k, v in forget.items()}
+    metrics["forget_auc"] = forget_auc(out, inputs, sampler, device)
+    if matched:
+        metrics["forget_above_reference"] = forget_above_reference(out, inputs, device)
+        return metrics, metrics["forget_above_reference"] <= matched_threshold(
+            cfg.matched_tolerance, inputs.forget_user.size)
+    target = cfg.forget_target_recall
+    return metrics, target is not None and (forget["recall@20"] <= target or (
+        cfg.stop_on_auc and metrics["forget_auc"] <= 0.5))
+
+
+def _reinit_exclusive(model: Recommender, inputs: LoopInputs,
+                      seed: int) -> list[tuple[torch.nn.Parameter, torch.Tensor]]:
+    """Re-draw ``inputs.reset_users`` / ``reset_items`` rows (before DDP wraps the model, so
+    every rank holds the same draw)."""
+    def rows(a: np.ndarray | None) -> torch.Tensor | None:
+        return None if a is None else torch.from_numpy(np.asarray(a, dtype=np.int64))
+    return model.reinit_id_rows(rows(inputs.reset_users), rows(inputs.reset_items), seed=seed)
+
+
+def _make_optimizer(model: torch.nn.Module, cfg: LoopConfig, inputs: LoopInputs,
+                    reset: list[tuple[torch.nn.Parameter, torch.Tensor]]) -> torch.optim.Adam:
+    """Adam at ``cfg.learning_rate``, continuing ``inputs.init_optimizer`` when given; the
+    moments of re-drawn rows are cleared (as for parameters that were never trained)."""
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.learning_rate)
+    if inputs.init_optimizer is not None:
+        try:
+            opt.load_state_dict(_to_torch(inputs.init_optimizer))
+            for group in opt.param_groups:
+                group["lr"] = cfg.learning_rate
+        except (ValueError, KeyError) as e:  # a different parameter layout: start fresh
+            logger.warning("optimizer state not reused (%s)", e)
+    for param, rows in reset:
+        for moment in opt.state.get(param, {}).values():
+            if torch.is_tensor(moment) and moment.shape == param.shape:
+                moment[rows.to(moment.device)] = 0
+    return opt
+
+
+def preflight(cfg: LoopConfig, inputs: LoopInputs) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """Check the forgetting stop rule on the starting model, in this process (no workers).
+
+    The starting model is the trained one on the retain graph with the exclusive rows
+    re-drawn. Returns ``(forget metrics, result)``: ``result`` is a finished run's return
+    value (same keys as :func:`train_loop`'s, zero steps) when the rule already holds or no
+    forget pair is left to the reverse term (metrics then empty), so the caller need not
+    start a worker group; else None.
+    """
+    t0 = time.perf_counter()
+    device = torch.device("cpu")
+    torch.manual_seed(cfg.seed)
+    model = make_model(cfg, inputs, device)
+    reset = _reinit_exclusive(model, inputs, cfg.seed)
+    opt = _make_optimizer(model, cfg, inputs, reset)
+    matched = cfg.matched_reverse
+    allowed = None if inputs.active_items is None else np.flatnonzero(np.asarray(inputs.active_items))
+    sampler = NegativeSampler(inputs.known_keys, inputs.n_items, allowed, seed=cfg.seed * 1000)
+    metrics: dict[str, Any] = {}
+    done = inputs.forget_user is None or inputs.forget_user.size == 0  # nothing to reverse
+    if not done:
+        model.eval()
+        with torch.no_grad():
+            out = model()
+        metrics, done = forget_state(out, inputs, EvalMasks.of(inputs), cfg, matched, sampler,
+                                     0, 1, device)
+    if not done:
+        return metrics, None
+    return metrics, {"best_score": None, "best_epoch": -1, "best_metrics": metrics, "epochs_run": 0,
+                     "steps": 0, "train_seconds": time.perf_counter() - t0,
+                     "state": {k: v.detach().cpu().numpy().copy() for k, v in model.state_dict().items()},
+                     "history": [], "optimizer": _to_numpy(opt.state_dict())}
+
+
 def _save_checkpoint(path: Path, model: torch.nn.Module, opt: torch.optim.Optimizer,
                      cfg: LoopConfig, epoch: int, best: dict[str, Any], metrics: dict[str, Any],
                      manifest_hash: str) -> None:
@@ -180,17 +285,10 @@ def train_loop(config: dict[str, Any]) -> dict[str, Any]:
     np_seed = cfg.seed * 1000 + rank
 
     model = make_model(cfg, inputs, device)
+    reset = _reinit_exclusive(model, inputs, cfg.seed)
     model = ray.train.torch.prepare_model(
         model, parallel_strategy_kwargs={"find_unused_parameters": getattr(model, "find_unused_parameters", False)})
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.learning_rate)
-
-    if inputs.init_optimizer is not None:
-        try:
-            opt.load_state_dict(_to_torch(inputs.init_optimizer))
-            for group in opt.param_groups:
-                group["lr"] = cfg.learning_rate
-        except (ValueError, KeyError) as e:  # a different parameter layout: start fresh
-            logger.warning("optimizer state not reused (%s)", e)
+    opt = _make_optimizer(model, cfg, inputs, reset)
     start_epoch, best = 0, {"score": -math.inf, "epoch": -1, "metrics": {}, "state": None}
     resumed = ray.train.get_checkpoint()
     if resumed is not None:
@@ -211,8 +309,15 @@ def train_loop(config: dict[str, Any]) -> dict[str, Any]:
         forget_shard = ray.train.get_dataset_shard("forget")
         retain_bs = max(1, int(round(cfg.batch_size / cfg.forget_ratio)))
         retain_stream = _cycle(train_shard, retain_bs, np_seed, cfg.shuffle_buffer)
-    reverse = reverse_bpr_loss if cfg.objective == "mmrecun" else negated_bpr_loss
+    matched = cfg.matched_reverse
+    if matched and inputs.forget_ref is None:
+        raise ValueError("reverse_reference='matched' needs LoopInputs.forget_ref and a "
+                         "'ref_item' column in the forget dataset")
+    reverse = {"mmrecun": matched_reverse_bpr_loss if matched else reverse_bpr_loss,
+               "neggrad": negated_bpr_loss}.get(cfg.objective)
 
+    has_forget = unlearning and inputs.forget_user is not None and inputs.forget_user.size > 0
+    done_at_start = False
     if unlearning and start_epoch == 0:
         # the utility floor is relative to the model before any unlearning step, and that
         # model is the fallback if even the first steps break the floor
@@ -221,6 +326,17 @@ def train_loop(config: dict[str, Any]) -> dict[str, Any]:
             out0 = _core(model)()
         initial_valid = sharded_evaluate(out0, inputs, masks, inputs.valid_user, inputs.valid_item,
                                          (20,), rank, world, device)["recall@20"]
+        # a target met before any step (e.g. once the rows only D_f trained are re-drawn)
+        # needs no step: the first evaluation below then stops the run
+        if has_forget:
+            start_metrics, done_at_start = forget_state(out0, inputs, masks, cfg, matched, sampler,
+                                                        rank, world, device)
+            if rank == 0:
+                logger.info("before unlearning: valid recall@20 %.4f, forget recall@20 %.4f, "
+                            "forget AUC %.3f, above reference %s%s", initial_valid,
+                            start_metrics["forget_recall@20"], start_metrics["forget_auc"],
+                            start_metrics.get("forget_above_reference", "-"),
+                            " (target met: no step needed)" if done_at_start else "")
         if rank == 0:
             best["state"] = {k: v.detach().cpu().numpy().copy()
                              for k, v in _core(model).state_dict().items()}
@@ -231,14 +347,14 @@ def train_loop(config: dict[str, Any]) -> dict[str, Any]:
         model.train()
         ep_loss, ep_batches, ep_t = 0.0, 0, time.perf_counter()
         driver = forget_shard if unlearning else train_shard
-        for batch in driver.iter_torch_batches(batch_size=cfg.batch_size, dtypes=torch.int64,
+        for batch in ([] if done_at_start else driver.iter_torch_batches(batch_size=cfg.batch_size, dtypes=torch.int64,
                                                local_shuffle_buffer_size=cfg.shuffle_buffer,
-                                               local_shuffle_seed=np_seed + epoch):
+                                               local_shuffle_seed=np_seed + epoch)):
             out = model()
             core = _core(model)
             if unlearning:
                 fu, fi = batch["user_id"].to(device), batch["item_id"].to(device)
-                fj = sampler.sample_torch(fu)
+                fj = batch["ref_item"].to(device) if matched else sampler.sample_torch(fu)
                 fout = out
                 if cfg.reverse_side == "user":
                     fout = ModelOutput(user=out.user, item=out.item.detach())
@@ -265,7 +381,7 @@ def train_loop(config: dict[str, Any]) -> dict[str, Any]:
                 break
         budget_done = cfg.max_steps is not None and steps >= cfg.max_steps
         last_epoch = epoch == cfg.epochs - 1 or budget_done
-        if (epoch + 1) % cfg.eval_every and not last_epoch:
+        if (epoch + 1) % cfg.eval_every and not last_epoch and not done_at_start:
             continue
 
         train_t = time.perf_counter() - ep_t
@@ -280,19 +396,11 @@ def train_loop(config: dict[str, Any]) -> dict[str, Any]:
         metrics.update({f"valid_{k}": v for k, v in valid.items()})
         score = valid.get("recall@20", 0.0)
         stop = False
-        if unlearning and inputs.forget_user is not None and inputs.forget_user.size:
-            forget = sharded_evaluate(out, inputs, masks, inputs.forget_user, inputs.forget_item,
-                                      cfg.eval_ks, rank, world, device)
-            metrics.update({f"forget_{k}": v for k, v in forget.items()})
-            auc = forget_auc(out, inputs, sampler, device)
-            metrics["forget_auc"] = auc
-            # stop once forgotten pairs rank no better than Gold would rank them (or, with
-            # stop_on_auc, once a score attacker can no longer tell them from never-seen
-            # items: pushing further makes them conspicuously *low*, a signal in itself)
-            if cfg.forget_target_recall is not None and (
-                    forget["recall@20"] <= cfg.forget_target_recall
-                    or (cfg.stop_on_auc and auc <= 0.5)):
-                stop = True
+        if has_forget:
+            # stop once forgotten pairs sit where Gold would place them
+            forget_metrics, stop = forget_state(out, inputs, masks, cfg, matched, sampler,
+                                                rank, world, device)
+            metrics.update(forget_metrics)
             # unlearning keeps the latest state that respects the utility floor: forgetting
             # is the goal, but never at more than (1 - min_valid_ratio) of the start's recall
             improved = True

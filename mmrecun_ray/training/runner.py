@@ -61,6 +61,16 @@ class LoopResult:
     checkpoint_path: str | None = None
     optimizer: dict[str, Any] | None = None
 
+    @classmethod
+    def of(cls, ret: dict[str, Any], state: dict[str, Any] | None, wall_seconds: float,
+           checkpoint_path: str | None = None) -> "LoopResult":
+        """From the loop's return value (see :func:`mmrecun_ray.training.loop.train_loop`)."""
+        return cls(state=state, best_metrics=ret.get("best_metrics", {}),
+                   best_epoch=ret.get("best_epoch", -1), epochs_run=ret.get("epochs_run", 0),
+                   steps=ret.get("steps", 0), wall_seconds=wall_seconds,
+                   train_seconds=ret.get("train_seconds", 0.0), history=ret.get("history", []),
+                   checkpoint_path=checkpoint_path, optimizer=ret.get("optimizer"))
+
 
 def ensure_ray(num_cpus: int | None = None, object_store_mb: int | None = None) -> None:
     """Join the cluster named by ``RAY_ADDRESS`` (``ray job submit`` sets it) or start a
@@ -120,11 +130,7 @@ def run_loop(cfg: LoopConfig, inputs: LoopInputs, datasets: dict[str, ray.data.D
     ckpt_path = result.checkpoint.path if result.checkpoint is not None and scaling.workers else None
     if state is None and result.checkpoint is not None:
         state = _state_from_checkpoint(result.checkpoint)
-    return LoopResult(state=state, best_metrics=ret.get("best_metrics", {}),
-                      best_epoch=ret.get("best_epoch", -1), epochs_run=ret.get("epochs_run", 0),
-                      steps=ret.get("steps", 0), wall_seconds=time.perf_counter() - t0,
-                      train_seconds=ret.get("train_seconds", 0.0), history=ret.get("history", []),
-                      checkpoint_path=ckpt_path, optimizer=ret.get("optimizer"))
+    return LoopResult.of(ret, state, time.perf_counter() - t0, ckpt_path)
 
 
 def _state_from_checkpoint(checkpoint: ray.train.Checkpoint) -> dict[str, Any]:

@@ -260,8 +260,14 @@ class TrialContext:
 
 def trial_settings(config: dict[str, Any], fixed: dict[str, Any], target: float,
                    seed: int = 0) -> UnlearnSettings:
-    """UnlearnSettings of one trial: the sampled knobs over ``fixed``; stop at ``target``."""
-    sets: dict[str, Any] = {"forget_target": float(target), "seed": seed, **fixed}
+    """UnlearnSettings of one trial: the sampled knobs over ``fixed``; stop at ``target``.
+
+    A sweep searches the weights of the paper's reverse loss, so trials run it alone
+    (``reverse_reference=sampled``, ``reset_exclusive=false``) unless ``fixed`` says
+    otherwise: with the exclusive rows re-drawn a users/items request has nothing left to
+    reverse and every trial would be the same."""
+    sets: dict[str, Any] = {"forget_target": float(target), "seed": seed,
+                            "reverse_reference": "sampled", "reset_exclusive": False, **fixed}
     sets.update({k: config[k] for k in SEARCHED})
     sets["epochs"] = int(sets["epochs"])
     sets["forget_ratio"] = float(sets["forget_ratio"])
@@ -315,10 +321,14 @@ def _absolute(uri: str) -> str:
 def _forget_recall_of(model_uri: str, fset: ForgetSet) -> tuple[float, float]:
     """``(valid, forget)`` Recall@20 of an exported model over the retain graph (retain
     train pairs masked, forgotten pairs ranked)."""
-    from mmrecun_ray.evaluation.evaluate import embeddings, evaluate_embeddings
     from mmrecun_ray.training.export import load_model
+    return _valid_forget_recall(load_model(model_uri, fset.retain)[0], fset)
+
+
+def _valid_forget_recall(model: Any, fset: ForgetSet) -> tuple[float, float]:
+    """``(valid, forget)`` Recall@20 of a model built over ``fset.retain``."""
+    from mmrecun_ray.evaluation.evaluate import embeddings, evaluate_embeddings
     r = fset.retain
-    model, _ = load_model(model_uri, r)
     u, i = embeddings(model)
     valid = evaluate_embeddings(u, i, r, r.valid, (20,))["recall@20"]
     forget = evaluate_embeddings(u, i, r, fset.forget, (20,), banned_items=None)["recall@20"]
@@ -474,6 +484,11 @@ def _run_default(ctx: TrialContext, settings: UnlearnSettings, base_lr: float) -
     res = run_mmrecun(ctx.model_uri, ctx.fset, ctx.retain_data, ctx.retain_uri, ctx.scaling, settings,
                       reference_valid_recall=ctx.target)
     last = res.loop.history[-1] if res.loop and res.loop.history else {}
+    if not last:  # no step was needed (nothing left to reverse): evaluate the result
+        from mmrecun_ray.training.export import build_from_state
+        valid, forget = _valid_forget_recall(build_from_state(res.info, ctx.fset.retain, res.state),
+                                             ctx.fset)
+        last = {VALID: valid, FORGET: forget}
     cfg = {k: getattr(settings, k) for k in SEARCHED}
     cfg["learning_rate"] = settings.lr(base_lr)
     row = _row("default", cfg, {**last, "epochs_run": res.loop.epochs_run if res.loop else 0,

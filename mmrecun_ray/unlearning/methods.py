@@ -14,6 +14,11 @@ sisa        bpr per shard      shard models    affected shards' retain data
 The propagation graph is always the retain graph (forgotten edges are gone before the
 first step), items that left the catalogue are masked everywhere, and modality features
 dropped by the request are removed before the model is rebuilt.
+
+MMRecUN by default first re-draws the rows only D_f trained (see
+:mod:`mmrecun_ray.unlearning.references`) and then checks its stop rule on the driver: a
+request whose forgotten pairs already sit where Gold would place them (typically a
+``users`` or ``items`` request) needs no step and starts no worker group.
 """
 
 from __future__ import annotations
@@ -30,8 +35,10 @@ import ray.data
 from mmrecun_ray.errors import ConfigError
 from mmrecun_ray.training.config import LoopConfig, dataclass_from_mapping
 from mmrecun_ray.training.export import ModelInfo, read_model_info, read_optimizer, read_state
+from mmrecun_ray.training.loop import preflight
 from mmrecun_ray.training.runner import LoopResult, Scaling, run_loop
 from mmrecun_ray.training.train import loop_inputs
+from mmrecun_ray.unlearning.references import exclusive_ids, matched_references
 from mmrecun_ray.unlearning.requests import ForgetSet
 
 logger = logging.getLogger(__name__)
@@ -66,7 +73,23 @@ class UnlearnSettings:
             (the forgotten users have no retain data; moving the items they share with
             retain users is what costs retain quality), ``item`` for ``items`` requests,
             ``both`` otherwise.
-        stop_on_auc: also stop once the loop's score attack on D_f (one unobserved item per
+        reverse_reference: ``matched`` (default): each forgotten pair is pushed down to a
+            fixed reference item drawn from where Gold would rank it (a never-seen item for
+            forgotten users or items, a validation item of the user for single
+            interactions) and no further; the run stops once at most ``matched_tolerance``
+            of D_f scores above its reference. ``sampled``: the paper's fresh uniform
+            negative every step, stopped by ``forget_target`` (drives D_f below never-seen
+            items: a low MIA AUC that is a signal in itself). See
+            :mod:`mmrecun_ray.unlearning.references`.
+        matched_tolerance: stop once at most this share of D_f scores above its reference
+            (``matched``). 0.5 is where Gold's own D_f sits: a never-seen pair beats an
+            equally never-seen reference half the time.
+        reset_exclusive: re-draw from the initial distribution the ID-embedding rows only
+            D_f trained (users left with no retain data, items that left the catalogue),
+            with their optimizer state, before the first step: Gold holds exactly that
+            for them. See :func:`mmrecun_ray.unlearning.references.exclusive_ids`.
+        stop_on_auc: (``sampled`` only) also stop once the loop's score attack on D_f (one
+            unobserved item per
             pair) reaches AUC 0.5: keeps MIA near Gold's at the price of a higher forget-set
             recall.
         sisa_shards: number of SISA shards.
@@ -85,6 +108,9 @@ class UnlearnSettings:
     forget_target: float | str | None = "auto"
     min_valid_ratio: float | None = 0.8
     reverse_side: str = "auto"
+    reverse_reference: str = "matched"
+    matched_tolerance: float = 0.5
+    reset_exclusive: bool = True
     stop_on_auc: bool = False
     sisa_shards: int = 4
     seed: int = 0
@@ -117,10 +143,14 @@ class MethodResult:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def pairs_dataset(user: np.ndarray, item: np.ndarray) -> ray.data.Dataset:
-    """``(F,)`` pairs as a Ray Dataset (``user_id``, ``item_id``) in the object store."""
-    return ray.data.from_arrow(pa.table({"user_id": np.asarray(user, dtype=np.int64),
-                                         "item_id": np.asarray(item, dtype=np.int64)}))
+def pairs_dataset(user: np.ndarray, item: np.ndarray,
+                  ref: np.ndarray | None = None) -> ray.data.Dataset:
+    """``(F,)`` pairs as a Ray Dataset (``user_id``, ``item_id`` and, when given, each pair's
+    reference item ``ref_item``) in the object store."""
+    cols = {"user_id": np.asarray(user, dtype=np.int64), "item_id": np.asarray(item, dtype=np.int64)}
+    if ref is not None:
+        cols["ref_item"] = np.asarray(ref, dtype=np.int64)
+    return ray.data.from_arrow(pa.table(cols))
 
 
 def active_mask(fset: ForgetSet, n_items: int) -> np.ndarray | None:
@@ -193,10 +223,41 @@ def run_mmrecun(model_uri: str, fset: ForgetSet, retain_data: ray.data.Dataset, 
                   min_valid_ratio=settings.min_valid_ratio, seed=settings.seed,
                   eval_every=settings.eval_every(len(fset.forget), scaling.workers),
                   patience=10**6, reverse_side=_reverse_side(settings, fset),
-                  stop_on_auc=settings.stop_on_auc)
+                  stop_on_auc=settings.stop_on_auc,
+                  reverse_reference=(settings.reverse_reference if objective == "mmrecun"
+                                     else "sampled"),
+                  matched_tolerance=settings.matched_tolerance)
     inputs = _retain_inputs(fset, state, read_optimizer(model_uri))
-    datasets = {"train": retain_data, "forget": pairs_dataset(fset.forget.user, fset.forget.item)}
-    res = run_loop(cfg, inputs, datasets, scaling, name=f"unlearn-{objective}", callbacks=callbacks)
+    if cfg.reverse_reference == "matched":
+        inputs.forget_ref = matched_references(fset, seed=settings.seed)
+    if objective == "mmrecun" and settings.reset_exclusive:
+        inputs.reset_users, inputs.reset_items = exclusive_ids(fset)
+        # pairs whose user or item row is re-drawn are unlearned exactly: Gold holds that
+        # row at its initial draw too. The reverse term works on the other pairs only
+        # (none for users/items requests: the rows it would move are the re-drawn ones)
+        rest = ~(np.isin(inputs.forget_user, inputs.reset_users)
+                 | np.isin(inputs.forget_item, inputs.reset_items))
+        inputs.forget_user, inputs.forget_item = inputs.forget_user[rest], inputs.forget_item[rest]
+        if inputs.forget_ref is not None:
+            inputs.forget_ref = inputs.forget_ref[rest]
+        logger.info("mmrecun: %d users and %d items re-drawn; %d of %d forget pairs left to "
+                    "the reverse term", inputs.reset_users.size, inputs.reset_items.size,
+                    int(rest.sum()), rest.size)
+    res = None
+    if objective == "mmrecun" and not callbacks:
+        # the rule may hold before any step (nothing left to reverse, or the pairs already
+        # sit where Gold would): then no worker group is started (a Tune trial always runs
+        # the loop, to report)
+        start, ret = preflight(cfg, inputs)
+        logger.info("mmrecun before any step: %s%s", start or "no pair left to reverse",
+                    ": no step needed" if ret else "")
+        if ret is not None:
+            res = LoopResult.of(ret, ret["state"], time.perf_counter() - t0)
+    if res is None:
+        datasets = {"train": retain_data,
+                    "forget": pairs_dataset(inputs.forget_user, inputs.forget_item, inputs.forget_ref)}
+        res = run_loop(cfg, inputs, datasets, scaling, name=f"unlearn-{objective}",
+                       callbacks=callbacks)
     return MethodResult(objective, res.state or state, _info(base, fset, objective, retain_uri,
                                                              cfg.to_dict()),
                         time.perf_counter() - t0, res)

@@ -232,7 +232,7 @@ def table(rows: Sequence[dict[str, Any]], crit: Criteria,
     k = crit.k
     header = ["Method", f"Retain Recall@{k}", f"Retain NDCG@{k}", f"Forget Recall@{k}",
               f"Forget NDCG@{k}", "MIA AUC", f"Overlap@{k} vs Gold", "Wall (s)", "Speed-up",
-              "Peak RSS (MB)"]
+              "Peak RSS (MB)", "Peak RSS, Ray tree (MB)"]
     body = []
     for r in rows:
         name = r["method"] + (" (Gold)" if r is gold else "")
@@ -248,6 +248,7 @@ def table(rows: Sequence[dict[str, Any]], crit: Criteria,
             _fmt_seconds(_field(r, "wall_seconds")),
             _fmt(_speedup(r, gold), ".1f", "×"),
             _fmt(_field(r, "peak_rss_mb"), ".0f"),
+            _fmt(_field(r, "peak_rss_tree_mb"), ".0f"),
         ])
     return header, body
 

@@ -151,6 +151,8 @@ class ForgetSet:
         banned_items: ``(B,)`` items that left the catalogue.
         dropped_features: modality -> item ids whose features were zeroed; a modality
             dropped for all items is absent from ``retain.features``.
+        held_out_removed: validation/test pairs the request covers (gone from ``retain``'s
+            valid/test): not training data, but pairs the user did interact with.
     """
 
     request: ForgetRequest
@@ -158,6 +160,7 @@ class ForgetSet:
     retain: RecDataset
     banned_items: np.ndarray
     dropped_features: dict[str, np.ndarray]
+    held_out_removed: Interactions | None = None
 
     @property
     def request_id(self) -> str:
@@ -242,7 +245,10 @@ def resolve_request(req: ForgetRequest, ds: RecDataset) -> ForgetSet:
     forget = Interactions(user=ds.train.user[mask], item=ds.train.item[mask])
     if req.kind in ("users", "items", "interactions") and len(forget) == 0:
         raise DataError(f"request {req.source or req.kind}: covers no training interaction of {ds.uri}")
-    retain = replace(ds, train=_drop(ds.train, mask), valid=_drop(ds.valid, covered(ds.valid)),
-                     test=_drop(ds.test, covered(ds.test)), features=features)
+    v_mask, t_mask = covered(ds.valid), covered(ds.test)
+    retain = replace(ds, train=_drop(ds.train, mask), valid=_drop(ds.valid, v_mask),
+                     test=_drop(ds.test, t_mask), features=features)
+    held_out = Interactions(user=np.concatenate([ds.valid.user[v_mask], ds.test.user[t_mask]]),
+                            item=np.concatenate([ds.valid.item[v_mask], ds.test.item[t_mask]]))
     return ForgetSet(request=req, forget=forget, retain=retain, banned_items=banned,
-                     dropped_features=dropped)
+                     dropped_features=dropped, held_out_removed=held_out)

@@ -150,7 +150,9 @@ def run_methods(model_uri: str, data_uri: str, spec: str, methods: list[str], ou
     gold_top, gold_wall = None, None
     for method in order:
         logger.info("running %s on request %s (%d forget pairs)", method, fset.request_id, len(fset.forget))
-        with track_peak_rss() as peak:
+        # driver alone, and driver + its descendant processes (a local Ray's raylet and
+        # workers; shared pages counted per process: an upper bound)
+        with track_peak_rss() as peak, track_peak_rss(0.1, include_children=True) as tree:
             res = run_method(method, model_uri, fset, retain_data, prep.retain_uri, scaling,
                              settings, reference_valid_recall=ref)
         method_uri = join(out_uri, method) if command == "compare" else out_uri
@@ -162,7 +164,7 @@ def run_methods(model_uri: str, data_uri: str, spec: str, methods: list[str], ou
         if method == "gold":
             gold_top, gold_wall = top, res.wall_seconds
         row.update({"method": method, "wall_seconds": res.wall_seconds,
-                    "peak_rss_mb": peak.peak_mb, "model_uri": join(method_uri, "model"),
+                    "peak_rss_mb": peak.peak_mb, "peak_rss_tree_mb": tree.peak_mb, "model_uri": join(method_uri, "model"),
                     "epochs_run": res.loop.epochs_run if res.loop else None,
                     "steps": res.loop.steps if res.loop else None, **res.extra})
         if gold_wall:
