@@ -20,7 +20,10 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed for sampled requests (default: 0)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="unlearning setting: alpha, beta, epochs, max_steps, forget_ratio, batch_size, "
-                        "learning_rate, forget_target (auto|float|null), min_valid_ratio, sisa_shards, seed")
+                        "learning_rate, lr_scale, eval_steps, reset_exclusive (true|false), "
+                        "reverse_reference (matched|sampled), matched_tolerance, forget_target "
+                        "(auto|float|null; sampled), stop_on_auc, reverse_side (auto|both|user|item), "
+                        "min_valid_ratio, sisa_shards, seed (see README, Unlearning knobs)")
     p.add_argument("--config", default=None,
                    help="JSON file of unlearning settings (e.g. the best config saved by `tune`); "
                         "--set values override it")
