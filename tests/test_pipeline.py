@@ -106,6 +106,23 @@ def test_default_mmrecun_leaves_forgotten_users_where_gold_would(trained, data: 
     assert after["test"]["recall@20"] >= 0.95 * before["test"]["recall@20"]
 
 
+def test_interactions_request_refits_the_users_and_forgets_to_gold_level(trained, data: str,
+                                                                          tmp_path: Path) -> None:
+    """Single interactions: the users keep retain data, so their rows are re-drawn and
+    refitted alone (50 steps, local mode); forget recall lands near Gold's estimate
+    (validation level) while retain quality holds."""
+    out = tmp_path / "unlearn-interactions"
+    rc = main(["unlearn", "--model-uri", trained.model_uri, "--data", data, "--request",
+               "interactions:10%", "--method", "mmrecun", "--out", str(out), "--workers", "0"])
+    assert rc == 0
+    m = json.loads((out / "metrics.json").read_text())
+    before, after = m["original"]["metrics"], m["metrics"]
+    assert m["steps"] == 50
+    assert after["forget"]["recall@20"] < before["forget"]["recall@20"] - 0.05, (before["forget"], after["forget"])
+    assert after["forget"]["recall@20"] <= m["estimated_gold_forget_recall@20"] + 0.05
+    assert after["test"]["recall@20"] >= 0.9 * before["test"]["recall@20"]
+
+
 def _forget_pairs(data: str, out: Path) -> set[tuple[int, int]]:
     """D_f recomputed independently: original train pairs (raw Parquet, no ledger) that the
     published retain version lacks."""

@@ -44,6 +44,10 @@ class LoopConfig:
     fixed, the term applied only while ``s(u,i) > s(u,j)``; see
     :mod:`mmrecun_ray.unlearning.references`). With ``matched``, the run stops once at most
     ``matched_tolerance`` of D_f still scores above its reference.
+
+    ``refit_only``: only the rows re-drawn from ``LoopInputs.reset_users`` /
+    ``reset_items`` train (every other parameter frozen, a fresh Adam); the forgetting stop
+    rule and the utility floor are off, and the run is the ``max_steps`` budget.
     """
 
     model: str
@@ -68,6 +72,7 @@ class LoopConfig:
     stop_on_auc: bool = False
     reverse_reference: str = "sampled"
     matched_tolerance: float = 0.5
+    refit_only: bool = False
     checkpoint_every: int = 10
     report_every: int = 5
     log_every_s: float = 10.0

@@ -206,12 +206,26 @@ def _reinit_exclusive(model: Recommender, inputs: LoopInputs,
     return model.reinit_id_rows(rows(inputs.reset_users), rows(inputs.reset_items), seed=seed)
 
 
+def train_only_rows(model: torch.nn.Module,
+                     reset: list[tuple[torch.nn.Parameter, torch.Tensor]]) -> None:
+    """Freeze every parameter but the re-drawn rows (``refit_only``): other tensors stop
+    requiring gradients, and the tables holding re-drawn rows get a row mask on theirs."""
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for param, rows in reset:
+        mask = torch.zeros((param.shape[0],) + (1,) * (param.dim() - 1), device=param.device)
+        mask[rows.to(param.device)] = 1.0
+        param.requires_grad_(True)
+        param.register_hook(lambda g, m=mask: g * m)
+
+
 def _make_optimizer(model: torch.nn.Module, cfg: LoopConfig, inputs: LoopInputs,
                     reset: list[tuple[torch.nn.Parameter, torch.Tensor]]) -> torch.optim.Adam:
-    """Adam at ``cfg.learning_rate``, continuing ``inputs.init_optimizer`` when given; the
-    moments of re-drawn rows are cleared (as for parameters that were never trained)."""
+    """Adam at ``cfg.learning_rate``, continuing ``inputs.init_optimizer`` when given (not
+    with ``refit_only``: frozen rows must not drift on old moments); the moments of
+    re-drawn rows are cleared (as for parameters that were never trained)."""
     opt = torch.optim.Adam(model.parameters(), lr=cfg.learning_rate)
-    if inputs.init_optimizer is not None:
+    if inputs.init_optimizer is not None and not cfg.refit_only:
         try:
             opt.load_state_dict(_to_torch(inputs.init_optimizer))
             for group in opt.param_groups:
@@ -286,6 +300,8 @@ def train_loop(config: dict[str, Any]) -> dict[str, Any]:
 
     model = make_model(cfg, inputs, device)
     reset = _reinit_exclusive(model, inputs, cfg.seed)
+    if cfg.refit_only:
+        train_only_rows(model, reset)
     model = ray.train.torch.prepare_model(
         model, parallel_strategy_kwargs={"find_unused_parameters": getattr(model, "find_unused_parameters", False)})
     opt = _make_optimizer(model, cfg, inputs, reset)
@@ -328,7 +344,7 @@ def train_loop(config: dict[str, Any]) -> dict[str, Any]:
                                          (20,), rank, world, device)["recall@20"]
         # a target met before any step (e.g. once the rows only D_f trained are re-drawn)
         # needs no step: the first evaluation below then stops the run
-        if has_forget:
+        if has_forget and not cfg.refit_only:
             start_metrics, done_at_start = forget_state(out0, inputs, masks, cfg, matched, sampler,
                                                         rank, world, device)
             if rank == 0:
@@ -401,6 +417,7 @@ def train_loop(config: dict[str, Any]) -> dict[str, Any]:
             forget_metrics, stop = forget_state(out, inputs, masks, cfg, matched, sampler,
                                                 rank, world, device)
             metrics.update(forget_metrics)
+            stop = stop and not cfg.refit_only
             # unlearning keeps the latest state that respects the utility floor: forgetting
             # is the goal, but never at more than (1 - min_valid_ratio) of the start's recall
             improved = True

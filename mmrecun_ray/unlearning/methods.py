@@ -16,9 +16,10 @@ first step), items that left the catalogue are masked everywhere, and modality f
 dropped by the request are removed before the model is rebuilt.
 
 MMRecUN by default first re-draws the rows only D_f trained (see
-:mod:`mmrecun_ray.unlearning.references`) and then checks its stop rule on the driver: a
-request whose forgotten pairs already sit where Gold would place them (typically a
-``users`` or ``items`` request) needs no step and starts no worker group.
+:mod:`mmrecun_ray.unlearning.references`): a ``users`` or ``items`` request then has no
+pair left to reverse and starts no worker group. Pairs whose user keeps retain data
+(``interactions`` requests) get their users' rows re-drawn and refitted alone on the
+workers (``refit_steps``), with the matched reverse term on those pairs.
 """
 
 from __future__ import annotations
@@ -88,6 +89,18 @@ class UnlearnSettings:
             D_f trained (users left with no retain data, items that left the catalogue),
             with their optimizer state, before the first step: Gold holds exactly that
             for them. See :func:`mmrecun_ray.unlearning.references.exclusive_ids`.
+        refit_steps: (with ``reset_exclusive``) forgotten pairs whose user keeps retain data
+            (``interactions`` requests): their users' rows are re-drawn too and refitted
+            alone, every other parameter frozen, for this many steps on those users' retain
+            pairs (BPR, ``refit_batch`` pairs per step) with the reverse term on their
+            forgotten pairs: the user side as Gold would fit it against the current items.
+            0 = leave these pairs to the plain reverse term on all parameters.
+        refit_batch: retain pairs per refit step per worker.
+        refit_alpha: weight of the reverse term while refitting (it only keeps the refitted
+            users from re-learning their forgotten pairs through the items' positions; at
+            ``alpha`` = 1 it drags the users away from their own taste).
+        refit_lr_scale: refit step size as a multiple of the training learning rate (a
+            fresh Adam: the refitted rows start from their initial draw).
         stop_on_auc: (``sampled`` only) also stop once the loop's score attack on D_f (one
             unobserved item per
             pair) reaches AUC 0.5: keeps MIA near Gold's at the price of a higher forget-set
@@ -111,6 +124,10 @@ class UnlearnSettings:
     reverse_reference: str = "matched"
     matched_tolerance: float = 0.5
     reset_exclusive: bool = True
+    refit_steps: int = 50
+    refit_batch: int = 4096
+    refit_lr_scale: float = 2.0
+    refit_alpha: float = 0.05
     stop_on_auc: bool = False
     sisa_shards: int = 4
     seed: int = 0
@@ -243,8 +260,10 @@ def run_mmrecun(model_uri: str, fset: ForgetSet, retain_data: ray.data.Dataset, 
         logger.info("mmrecun: %d users and %d items re-drawn; %d of %d forget pairs left to "
                     "the reverse term", inputs.reset_users.size, inputs.reset_items.size,
                     int(rest.sum()), rest.size)
+        if settings.refit_steps > 0 and rest.any():
+            cfg, inputs, retain_data = _refit_plan(cfg, inputs, fset, settings, base_cfg, scaling)
     res = None
-    if objective == "mmrecun" and not callbacks:
+    if objective == "mmrecun" and not callbacks and not cfg.refit_only:
         # the rule may hold before any step (nothing left to reverse, or the pairs already
         # sit where Gold would): then no worker group is started (a Tune trial always runs
         # the loop, to report)
@@ -261,6 +280,29 @@ def run_mmrecun(model_uri: str, fset: ForgetSet, retain_data: ray.data.Dataset, 
     return MethodResult(objective, res.state or state, _info(base, fset, objective, retain_uri,
                                                              cfg.to_dict()),
                         time.perf_counter() - t0, res)
+
+
+def _refit_plan(cfg: LoopConfig, inputs: Any, fset: ForgetSet, settings: UnlearnSettings,
+                base_cfg: LoopConfig, scaling: Scaling) -> tuple[LoopConfig, Any, ray.data.Dataset]:
+    """Switch a run to refitting the users of the remaining forget pairs (see
+    ``UnlearnSettings.refit_steps``): their rows join the re-drawn ones, the retain stream
+    is their retain pairs, everything else is frozen, the budget is ``refit_steps``."""
+    users = np.unique(inputs.forget_user)
+    inputs.reset_users = np.union1d(inputs.reset_users, users)
+    r = fset.retain
+    sel = np.isin(r.train.user, users)
+    retain_data = pairs_dataset(r.train.user[sel], r.train.item[sel])
+    workers = max(1, scaling.workers)
+    steps_per_epoch = max(1, -(-inputs.forget_user.size // (workers * cfg.batch_size)))
+    epochs = -(-settings.refit_steps // steps_per_epoch)
+    cfg = replace(cfg, refit_only=True, max_steps=settings.refit_steps, epochs=epochs,
+                  alpha=settings.refit_alpha,
+                  eval_every=epochs, min_valid_ratio=None,
+                  forget_ratio=cfg.batch_size / settings.refit_batch,
+                  learning_rate=base_cfg.learning_rate * settings.refit_lr_scale)
+    logger.info("mmrecun: refitting %d users' rows on %d retain pairs for %d steps",
+                users.size, int(sel.sum()), settings.refit_steps)
+    return cfg, inputs, retain_data
 
 
 def run_finetune(model_uri: str, fset: ForgetSet, retain_data: ray.data.Dataset, retain_uri: str,
