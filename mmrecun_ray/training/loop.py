@@ -173,13 +173,15 @@ def matched_threshold(tolerance: float, n_pairs: int) -> float:
 
 
 def forget_state(out: ModelOutput, inputs: LoopInputs, masks: EvalMasks, cfg: LoopConfig,
-                 matched: bool, sampler: NegativeSampler, rank: int, world: int,
+                 sampler: NegativeSampler, rank: int, world: int,
                  device: torch.device) -> tuple[dict[str, float], bool]:
-    """Forget-set metrics (``forget_<metric>@K``, ``forget_auc`` and, when ``matched``,
-    ``forget_above_reference``) and whether the forgetting stop rule holds:
+    """Forget-set metrics (``forget_<metric>@K``, ``forget_auc`` and, with
+    ``cfg.matched_reverse``, ``forget_above_reference``) and whether the forgetting stop
+    rule holds:
 
-    - ``matched``: the share of D_f scoring above its reference is not significantly above
-      ``matched_tolerance`` (:func:`matched_threshold`): D_f sits where Gold would place it;
+    - matched reverse term: the share of D_f scoring above its reference is not
+      significantly above ``matched_tolerance`` (:func:`matched_threshold`): D_f sits
+      where Gold would place it;
     - else: forget Recall@20 at or below ``forget_target_recall`` or, with ``stop_on_auc``,
       the score attack's AUC at or below 0.5 (pushing further makes the pairs
       conspicuously *low*, a signal in itself).
@@ -188,13 +190,19 @@ def forget_state(out: ModelOutput, inputs: LoopInputs, masks: EvalMasks, cfg: Lo
                               cfg.eval_ks, rank, world, device)
     metrics = {f"forget_{k}": v for k, v in forget.items()}
     metrics["forget_auc"] = forget_auc(out, inputs, sampler, device)
-    if matched:
+    if cfg.matched_reverse:
         metrics["forget_above_reference"] = forget_above_reference(out, inputs, device)
         return metrics, metrics["forget_above_reference"] <= matched_threshold(
             cfg.matched_tolerance, inputs.forget_user.size)
     target = cfg.forget_target_recall
     return metrics, target is not None and (forget["recall@20"] <= target or (
         cfg.stop_on_auc and metrics["forget_auc"] <= 0.5))
+
+
+def make_sampler(inputs: LoopInputs, seed: int) -> NegativeSampler:
+    """Negatives over the items still in the catalogue, never a training pair."""
+    allowed = None if inputs.active_items is None else np.flatnonzero(np.asarray(inputs.active_items))
+    return NegativeSampler(inputs.known_keys, inputs.n_items, allowed, seed=seed)
 
 
 def _reinit_exclusive(model: Recommender, inputs: LoopInputs,
@@ -254,16 +262,14 @@ def preflight(cfg: LoopConfig, inputs: LoopInputs) -> tuple[dict[str, Any], dict
     model = make_model(cfg, inputs, device)
     reset = _reinit_exclusive(model, inputs, cfg.seed)
     opt = _make_optimizer(model, cfg, inputs, reset)
-    matched = cfg.matched_reverse
-    allowed = None if inputs.active_items is None else np.flatnonzero(np.asarray(inputs.active_items))
-    sampler = NegativeSampler(inputs.known_keys, inputs.n_items, allowed, seed=cfg.seed * 1000)
+    sampler = make_sampler(inputs, seed=cfg.seed * 1000)  # rank 0's seed in the loop
     metrics: dict[str, Any] = {}
     done = inputs.forget_user is None or inputs.forget_user.size == 0  # nothing to reverse
     if not done:
         model.eval()
         with torch.no_grad():
             out = model()
-        metrics, done = forget_state(out, inputs, EvalMasks.of(inputs), cfg, matched, sampler,
+        metrics, done = forget_state(out, inputs, EvalMasks.of(inputs), cfg, sampler,
                                      0, 1, device)
     if not done:
         return metrics, None
@@ -317,8 +323,7 @@ def train_loop(config: dict[str, Any]) -> dict[str, Any]:
 
     unlearning = cfg.objective in ("mmrecun", "neggrad")
     initial_valid: float | None = None
-    allowed = None if inputs.active_items is None else np.flatnonzero(np.asarray(inputs.active_items))
-    sampler = NegativeSampler(inputs.known_keys, inputs.n_items, allowed, seed=np_seed)
+    sampler = make_sampler(inputs, seed=np_seed)
     masks = EvalMasks.of(inputs)
     train_shard = ray.train.get_dataset_shard("train")
     if unlearning:
@@ -345,7 +350,7 @@ def train_loop(config: dict[str, Any]) -> dict[str, Any]:
         # a target met before any step (e.g. once the rows only D_f trained are re-drawn)
         # needs no step: the first evaluation below then stops the run
         if has_forget and not cfg.refit_only:
-            start_metrics, done_at_start = forget_state(out0, inputs, masks, cfg, matched, sampler,
+            start_metrics, done_at_start = forget_state(out0, inputs, masks, cfg, sampler,
                                                         rank, world, device)
             if rank == 0:
                 logger.info("before unlearning: valid recall@20 %.4f, forget recall@20 %.4f, "
@@ -363,9 +368,10 @@ def train_loop(config: dict[str, Any]) -> dict[str, Any]:
         model.train()
         ep_loss, ep_batches, ep_t = 0.0, 0, time.perf_counter()
         driver = forget_shard if unlearning else train_shard
-        for batch in ([] if done_at_start else driver.iter_torch_batches(batch_size=cfg.batch_size, dtypes=torch.int64,
-                                               local_shuffle_buffer_size=cfg.shuffle_buffer,
-                                               local_shuffle_seed=np_seed + epoch)):
+        batches = [] if done_at_start else driver.iter_torch_batches(
+            batch_size=cfg.batch_size, dtypes=torch.int64,
+            local_shuffle_buffer_size=cfg.shuffle_buffer, local_shuffle_seed=np_seed + epoch)
+        for batch in batches:
             out = model()
             core = _core(model)
             if unlearning:
@@ -414,7 +420,7 @@ def train_loop(config: dict[str, Any]) -> dict[str, Any]:
         stop = False
         if has_forget:
             # stop once forgotten pairs sit where Gold would place them
-            forget_metrics, stop = forget_state(out, inputs, masks, cfg, matched, sampler,
+            forget_metrics, stop = forget_state(out, inputs, masks, cfg, sampler,
                                                 rank, world, device)
             metrics.update(forget_metrics)
             stop = stop and not cfg.refit_only

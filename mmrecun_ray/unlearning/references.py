@@ -55,16 +55,11 @@ def matched_references(fset: ForgetSet, seed: int = 0) -> np.ndarray:
     r = fset.retain
     users = fset.forget.user.astype(np.int64)
     items = fset.forget.item.astype(np.int64)
-    allowed = None
-    if fset.banned_items.size:
-        mask = np.ones(r.n_items, dtype=bool)
-        mask[fset.banned_items] = False
-        allowed = np.flatnonzero(mask)
+    allowed = np.setdiff1d(np.arange(r.n_items), fset.banned_items) if fset.banned_items.size else None
     refs = NegativeSampler(_all_keys(fset), r.n_items, allowed, seed=seed).sample(users)
 
-    known_user = np.isin(users, r.train.user)
-    active_item = ~np.isin(items, fset.banned_items) if fset.banned_items.size else np.ones(items.size, bool)
-    held_out = known_user & active_item & np.isin(users, r.valid.user)
+    held_out = (np.isin(users, r.train.user) & ~np.isin(items, fset.banned_items)
+                & np.isin(users, r.valid.user))
     if held_out.any():
         rng = np.random.default_rng(seed + 1)
         order = np.argsort(r.valid.user, kind="stable")
