@@ -72,8 +72,11 @@ def ray_session() -> Iterator[None]:
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     import ray
     if not ray.is_initialized():
-        ray.init(num_cpus=2, object_store_memory=300 * 1024 * 1024, include_dashboard=False,
-                 log_to_driver=False)
+        # own instance (never a stranger's on this host), own temp dir; a short path keeps
+        # Ray's unix socket names under their length limit
+        tmp = os.environ.get("MMRECUN_TEST_RAY_TMP") or f"/tmp/ray-t{os.getpid()}"
+        ray.init(address="local", num_cpus=2, object_store_memory=300 * 1024 * 1024,
+                 include_dashboard=False, log_to_driver=False, _temp_dir=tmp)
     from ray.data import DataContext
     DataContext.get_current().enable_progress_bars = False
     yield

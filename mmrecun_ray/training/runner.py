@@ -83,7 +83,8 @@ def ensure_ray(num_cpus: int | None = None, object_store_mb: int | None = None) 
     if os.environ.get("RAY_ADDRESS"):
         ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=True)
         return
-    kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": True}
+    # address="local": always a fresh local instance, never one a stranger left on the host
+    kwargs: dict[str, Any] = {"address": "local", "include_dashboard": False, "log_to_driver": True}
     if num_cpus is not None:
         kwargs["num_cpus"] = num_cpus
     mb = object_store_mb or int(os.environ.get("MMRECUN_OBJECT_STORE_MB", "0") or 0)
