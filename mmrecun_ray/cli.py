@@ -12,64 +12,35 @@ import logging
 import sys
 from typing import Any, Callable, Sequence
 
-from mmrecun_ray.errors import ConfigError, MMRecUNError
+from mmrecun_ray.cliargs import add_s3, add_scaling, scaling
+from mmrecun_ray.config import parse_sets
+from mmrecun_ray.errors import MMRecUNError
 
 logger = logging.getLogger("mmrecun_ray")
-
-
-def parse_sets(items: Sequence[str] | None) -> dict[str, Any]:
-    """``["lr=0.01", "ks=[10,20]", "name=x"]`` -> dict; values parsed as JSON when possible."""
-    out: dict[str, Any] = {}
-    for item in items or []:
-        if "=" not in item:
-            raise ConfigError(f"--set {item!r}: expected key=value")
-        k, v = item.split("=", 1)
-        try:
-            out[k.strip()] = json.loads(v)
-        except json.JSONDecodeError:
-            out[k.strip()] = v
-    return out
-
-
-def _add_scaling(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("scaling (Ray Train)")
-    g.add_argument("--workers", type=int, default=2,
-                   help="Ray Train workers (DDP ranks). 0 = local mode: the loop runs in this "
-                        "process, no worker actors (default: 2)")
-    g.add_argument("--gpus", action="store_true",
-                   help="one GPU per worker, NCCL backend (default: CPU workers with gloo)")
-    g.add_argument("--cpus-per-worker", type=float, default=0.5,
-                   help="CPU reservation per worker; fractions leave CPU for Ray Data and Tune "
-                        "drivers on small machines (default: 0.5)")
-    g.add_argument("--max-failures", type=int, default=0,
-                   help="restart a failed worker group this many times, resuming from the "
-                        "last checkpoint (default: 0)")
-    g.add_argument("--storage", default=None,
-                   help="where Ray Train keeps run checkpoints: local folder or s3:// prefix "
-                        "(default: <out>/ray)")
-
-
-def _add_s3(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("object storage (else AWS_* environment variables)")
-    g.add_argument("--s3-endpoint", default=None, help="S3 endpoint URL, e.g. http://127.0.0.1:8333 "
-                   "(else AWS_ENDPOINT_URL)")
-    g.add_argument("--s3-region", default=None, help="S3 region (else AWS_REGION)")
-    g.add_argument("--s3-profile", default=None, help="AWS profile for credentials (else AWS_PROFILE)")
-
-
-def _scaling(args: argparse.Namespace, out: str):
-    from mmrecun_ray.storage import join
-    from mmrecun_ray.training.runner import Scaling
-    return Scaling(workers=args.workers, gpus=args.gpus, cpus_per_worker=args.cpus_per_worker,
-                   max_failures=args.max_failures, storage_uri=args.storage or join(out, "ray"))
 
 
 def _configure_storage(args: argparse.Namespace) -> None:
     if any(getattr(args, a, None) for a in ("s3_endpoint", "s3_region", "s3_profile")):
         from mmrecun_ray.storage import uri as su
-        if hasattr(su, "configure"):
-            su.configure(su.S3Settings(endpoint_url=args.s3_endpoint, region=args.s3_region,
-                                       profile=args.s3_profile))
+        su.configure(su.S3Settings(endpoint_url=args.s3_endpoint, region=args.s3_region,
+                                   profile=args.s3_profile))
+
+
+def one_line(exc: BaseException) -> str:
+    """A failure as one line: our own errors as they are; others with their type, unwrapped
+    from Ray's wrappers down to the root cause."""
+    seen = set()
+    e: BaseException | None = exc
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        inner = getattr(e, "cause", None) or e.__cause__
+        if isinstance(inner, BaseException) and not isinstance(e, MMRecUNError):
+            e = inner
+            continue
+        break
+    e = e or exc
+    text = (str(e).strip().splitlines() or [""])[0][:300]
+    return text if isinstance(e, MMRecUNError) else f"{type(e).__name__}: {text}"
 
 
 # --- commands ----------------------------------------------------------------------------
@@ -88,7 +59,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from mmrecun_ray.training.train import train
-    res = train(args.data, args.model, args.out, _scaling(args, args.out),
+    res = train(args.data, args.model, args.out, scaling(args, args.out),
                 sets={**parse_sets(args.set), **({"epochs": args.epochs} if args.epochs else {})})
     t = res.metrics["metrics"]["test"]
     print(f"{args.model}: test recall@20 {t['recall@20']:.4f} ndcg@20 {t['ndcg@20']:.4f} "
@@ -143,6 +114,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m mmrecun_ray",
         description="Train multi-modal recommenders on Ray and make them forget (MMRecUN).")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    p.add_argument("--debug", action="store_true",
+                   help="on failure, show the full traceback (default: one line and exit code 2)")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     pp = sub.add_parser("prepare", help="publish a dataset version (Parquet + manifest)")
@@ -151,13 +124,13 @@ def build_parser() -> argparse.ArgumentParser:
     pm.add_argument("--src", required=True, help="folder with NAME.inter and *_feat.npy files")
     pm.add_argument("--out", required=True, help="dataset URI to publish (folder or s3:// prefix)")
     pm.add_argument("--name", default=None, help="dataset name (default: the .inter file's stem)")
-    _add_s3(pm)
+    add_s3(pm)
     pm.set_defaults(func=cmd_prepare)
     ps = psub.add_parser("synthetic", help="generate a dataset with planted structure")
     ps.add_argument("--preset", default="tiny", help="tiny | baby | sports | clothing (default: tiny)")
     ps.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     ps.add_argument("--out", required=True, help="dataset URI to publish (folder or s3:// prefix)")
-    _add_s3(ps)
+    add_s3(ps)
     ps.set_defaults(func=cmd_prepare)
 
     pt = sub.add_parser("train", help="train a recommender with Ray Train (DDP)")
@@ -169,15 +142,15 @@ def build_parser() -> argparse.ArgumentParser:
     pt.add_argument("--set", action="append", metavar="KEY=VALUE",
                     help="loop setting (batch_size, learning_rate, reg_weight, patience, seed, ...) "
                          "or model parameter (embedding_dim, n_layers, knn_k, ...); repeatable")
-    _add_scaling(pt)
-    _add_s3(pt)
+    add_scaling(pt)
+    add_s3(pt)
     pt.set_defaults(func=cmd_train)
 
     pe = sub.add_parser("evaluate", help="full-ranking evaluation of an exported model")
     pe.add_argument("--model-uri", required=True, help="exported model folder (…/model)")
     pe.add_argument("--data", required=True, help="dataset URI to evaluate on")
     pe.add_argument("--out", required=True, help="output URI for metrics.json")
-    _add_s3(pe)
+    add_s3(pe)
     pe.set_defaults(func=cmd_evaluate)
 
     pd = sub.add_parser("demo", help="run the main job on an embedded default (synthetic data, "
@@ -194,7 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
             if e.name != module:
                 raise
             continue
-        mod.add_parsers(sub, _add_scaling, _add_s3)
+        mod.add_parsers(sub, add_scaling, add_s3)
     return p
 
 
@@ -206,9 +179,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         _configure_storage(args)
         return int(args.func(args) or 0)
-    except MMRecUNError as e:
-        logger.error("%s", e)
-        print(f"error: {e}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # noqa: BLE001 - every failure is one line and exit 2
+        if args.debug:
+            raise
+        logger.debug("failure", exc_info=True)
+        print(f"error: {one_line(e)}", file=sys.stderr)
         return 2
 
 

@@ -24,9 +24,8 @@ def run_demo(out: str, workers: int = 2, preset: str = "tiny", model: str = DEMO
     from mmrecun_ray.evaluation.evaluate import evaluate_popularity
     from mmrecun_ray.training.runner import Scaling, ensure_ray
     from mmrecun_ray.training.train import train
-    from mmrecun_ray.unlearning.cli import format_table
-    from mmrecun_ray.unlearning.methods import UnlearnSettings
     from mmrecun_ray.unlearning.service import run_methods
+    from mmrecun_ray.unlearning.summary import format_table
 
     t0 = time.perf_counter()
     out = str(Path(out).resolve())
@@ -47,7 +46,7 @@ def run_demo(out: str, workers: int = 2, preset: str = "tiny", model: str = DEMO
           f"ndcg@20 {t['ndcg@20']:.4f} vs popularity {pop['recall@20']:.4f} / {pop['ndcg@20']:.4f}")
     print(f"[3/4] forgetting {DEMO_REQUEST} of the users with {methods} ...")
     p = run_methods(res.model_uri, data, DEMO_REQUEST, methods.split(","), join(out, "compare"),
-                    scaling, UnlearnSettings(), command="compare")
+                    scaling, {}, command="compare")
     print(format_table(p))
     print(f"[4/4] report: {join(out, 'compare', 'report.md')} — total {time.perf_counter() - t0:.1f}s")
     return 0

@@ -1,14 +1,24 @@
-"""Pieces of the one loop that need no Ray: the refit-only parameter freeze and the
-matched stop threshold."""
+"""Pieces of the one loop that need no Ray workers: the row freeze, the objectives'
+verdicts on a real starting model (the driver-side start), checkpoints that load with
+``weights_only``."""
 
 from __future__ import annotations
 
-import math
+import pickle
+from pathlib import Path
 
+import numpy as np
+import pytest
 import torch
 
+from mmrecun_ray.data.dataset import load_dataset
+from mmrecun_ray.data.synthetic import prepare_synthetic
+from mmrecun_ray.errors import DataError
 from mmrecun_ray.models import build_model
-from mmrecun_ray.training.loop import matched_threshold, train_only_rows
+from mmrecun_ray.objectives import Fit, RefitRows, ReverseBPR, Verdict, train_only_rows
+from mmrecun_ray.training.config import LoopConfig
+from mmrecun_ray.training.loop import load_checkpoint, start_on_driver
+from mmrecun_ray.training.train import loop_inputs
 
 
 def test_train_only_rows_leaves_gradient_on_the_redrawn_rows_alone() -> None:
@@ -26,7 +36,64 @@ def test_train_only_rows_leaves_gradient_on_the_redrawn_rows_alone() -> None:
     assert not model.item_embedding.weight.requires_grad
 
 
-def test_matched_threshold_is_the_tolerance_plus_two_binomial_errors() -> None:
-    assert matched_threshold(0.5, 100) == 0.5 + 2 * math.sqrt(0.25 / 100)  # 0.6
-    assert abs(matched_threshold(0.5, 2344) - 0.5207) < 1e-4
-    assert matched_threshold(0.0, 50) == 0.0
+def test_fit_keeps_the_best_and_stops_after_patience_epochs() -> None:
+    fit = Fit(patience=3)
+    seq = [0.10, 0.20, 0.15, 0.19, 0.20, 0.18]   # best at epoch 1; 0.20 again is no gain
+    verdicts = [fit.judge(None, None, {"recall@20": r}, e) for e, r in enumerate(seq)]  # type: ignore[arg-type]
+    assert [v.keep for v in verdicts] == [True, True, False, False, False, False]
+    assert [v.stop for v in verdicts] == [False, False, False, False, True, True]
+    restored = Fit(patience=3)
+    restored.load_state_dict(fit.state_dict())
+    assert restored.judge(None, None, {"recall@20": 0.21}, 6).keep  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory):
+    out = str(tmp_path_factory.mktemp("loop") / "data")
+    prepare_synthetic("tiny", 0, out)
+    return load_dataset(out)
+
+
+def test_reverse_bpr_start_verdict_decides_whether_workers_start(tiny) -> None:
+    """The driver-side start runs the same start as the workers: a forget target already met
+    ends the run with zero steps and the starting state; an unmet one hands over to the
+    workers (None)."""
+    inputs = loop_inputs(tiny)
+    users = np.unique(tiny.train.user)[:10]
+    sel = np.isin(tiny.train.user, users)
+    inputs.forget_user, inputs.forget_item = tiny.train.user[sel], tiny.train.item[sel]
+    cfg = LoopConfig(model="mf", params={"embedding_dim": 8}, eval_ks=(20,))
+    done = start_on_driver(cfg, ReverseBPR(target_recall=1.0), inputs)
+    assert done is not None and done["steps"] == 0 and done["epochs_run"] == 0
+    assert 0.0 <= done["best_metrics"]["forget_recall@20"] <= 1.0
+    assert set(done["state"]) == {"user_embedding.weight", "item_embedding.weight"}
+    assert start_on_driver(cfg, ReverseBPR(target_recall=-1.0), inputs) is None
+
+
+def test_redrawn_rows_are_the_only_change_of_a_zero_step_start(tiny) -> None:
+    inputs = loop_inputs(tiny)
+    model = build_model("mf", tiny.n_users, tiny.n_items, {}, {"embedding_dim": 8})
+    inputs.init_state = {k: v.detach().numpy().copy() for k, v in model.state_dict().items()}
+    inputs.reset_users = np.array([3, 5], dtype=np.int64)
+    cfg = LoopConfig(model="mf", params={"embedding_dim": 8})
+    ret = start_on_driver(cfg, RefitRows(), inputs, evaluate=False)
+    before, after = inputs.init_state["user_embedding.weight"], ret["state"]["user_embedding.weight"]
+    changed = np.flatnonzero(np.any(before != after, axis=1))
+    assert changed.tolist() == [3, 5]
+    np.testing.assert_array_equal(ret["state"]["item_embedding.weight"], inputs.init_state["item_embedding.weight"])
+
+
+def test_checkpoints_refuse_anything_but_tensors(tmp_path: Path) -> None:
+    good = tmp_path / "good.pt"
+    torch.save({"model_state": {"w": torch.ones(2)}, "epoch": 3, "best": {"score": -float("inf")}}, good)
+    assert load_checkpoint(good)["epoch"] == 3
+
+    class Boom:
+        def __reduce__(self):
+            return (Path.touch, (tmp_path / "pwned",))
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(pickle.dumps({"model_state": Boom()}))
+    with pytest.raises(DataError, match="bad.pt"):
+        load_checkpoint(bad)
+    assert not (tmp_path / "pwned").exists()
+    assert Verdict().stop is False

@@ -10,7 +10,7 @@ import torch
 from mmrecun_ray.models.base import ModelOutput
 from mmrecun_ray.objectives import (bpr_loss, matched_reverse_bpr_loss, negated_bpr_loss, pair_scores,
                                    reverse_bpr_loss)
-from mmrecun_ray.training.sampler import NegativeSampler
+from mmrecun_ray.objectives.sampling import NegativeSampler
 
 
 def test_bpr_and_reverse_bpr_hand_computed() -> None:

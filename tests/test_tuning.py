@@ -14,7 +14,8 @@ from mmrecun_ray.errors import ConfigError, DataError
 from mmrecun_ray.training.runner import Scaling
 from mmrecun_ray.tuning.sweep import (OBJECTIVES, SEARCHED, TuneOptions, choose_best, dominates,
                                       gold_target, objectives, pareto_front, run_sweep, trial_settings)
-from mmrecun_ray.unlearning.methods import UnlearnSettings
+from mmrecun_ray.unlearning.methods import build_methods
+from mmrecun_ray.unlearning.methods.mmrecun import MMRecUNSettings
 from mmrecun_ray.unlearning.service import apply_request
 
 MODES = [d for _, d in OBJECTIVES]  # valid recall: max, forget gap: min
@@ -62,14 +63,16 @@ def test_choose_best_rule() -> None:
 
 def test_trial_settings_and_options() -> None:
     cfg = {"alpha": 2.5, "beta": 0.7, "learning_rate": 0.02, "epochs": 3, "forget_ratio": 0.25}
-    s = trial_settings(cfg, {"batch_size": 64, "max_steps": None}, target=0.12, seed=4)
-    assert isinstance(s, UnlearnSettings)
+    s = trial_settings("mmrecun", cfg, {"batch_size": 64, "max_steps": None}, target=0.12, seed=4)
+    assert isinstance(s, MMRecUNSettings)
     assert (s.alpha, s.beta, s.learning_rate, s.epochs, s.forget_ratio) == (2.5, 0.7, 0.02, 3, 0.25)
     assert (s.batch_size, s.max_steps, s.forget_target, s.seed) == (64, None, 0.12, 4)
     with pytest.raises(ConfigError, match="searched"):
         TuneOptions(fixed={"alpha": 1.0})
-    with pytest.raises(ConfigError, match="unknown unlearning settings"):
+    with pytest.raises(ConfigError, match=r"unknown settings \['alpah'\]"):
         TuneOptions(fixed={"alpah": 1.0})
+    with pytest.raises(ConfigError, match="no .* to search"):
+        TuneOptions(method="finetune")
     with pytest.raises(ConfigError, match="--mode"):
         TuneOptions(mode="grid")
 
@@ -146,7 +149,8 @@ def test_tune_sweep_end_to_end(ray_session: None, data: str, tmp_path: Path) -> 
     assert all(t["forget_recall@20"] < orig_forget for t in done), (orig_forget, done)
     best = json.loads((out / "best_config.json").read_text())
     assert best["trial_id"] in {t["trial_id"] for t in front}
-    settings = UnlearnSettings.from_sets(best["settings"])  # what `unlearn --config` reads
+    assert best["method"] == "mmrecun"
+    settings = build_methods([best["method"]], best["settings"])[0].settings  # `unlearn --config`
     assert settings.forget_target == pytest.approx(m["target"]) and settings.batch_size == 128
     assert m["best"]["trial_id"] == best["trial_id"]
     d = m["default"]

@@ -9,9 +9,6 @@ import numpy as np
 
 from mmrecun_ray.errors import ConfigError
 
-OBJECTIVES = ("bpr", "mmrecun", "neggrad")
-
-
 def dataclass_from_mapping(cls: type, d: dict[str, Any], what: str) -> Any:
     """``cls(**d)``, refusing unknown keys with a message that lists the known ones."""
     names = {f.name for f in fields(cls)}
@@ -23,79 +20,48 @@ def dataclass_from_mapping(cls: type, d: dict[str, Any], what: str) -> Any:
 
 @dataclass
 class LoopConfig:
-    """What the loop optimises and when it stops.
+    """How the loop runs, whatever it optimises (that is the objective object's, see
+    :mod:`mmrecun_ray.objectives`).
 
-    ``objective``:
-      - ``bpr``: ``BPR(D) + reg * L2 + aux`` over the training set (training, Gold,
-        fine-tuning). One epoch = one pass over the (sharded) training pairs.
-      - ``mmrecun``: ``alpha * RBPR(D_f) + beta * (BPR(D_r) + aux) + reg * L2``. One epoch =
-        one pass over the (sharded) forget pairs; each forget batch is paired with a retain
-        batch of ``batch_size / forget_ratio`` pairs streamed from the retain set.
-      - ``neggrad``: as ``mmrecun`` with ``-BPR`` on the forget set (unbounded baseline).
-
-    ``reverse_side`` routes the reverse term's gradient: ``both`` (the plain loss), ``user``
-    (item embeddings held fixed in that term: forgotten users move, the catalogue they
-    share with retain users does not) or ``item`` (users held fixed). The loss value is the
-    same; only which side of D_f's pairs it moves differs.
-
-    ``reverse_reference`` picks the ``j`` of the reverse term ``-ln sigmoid(s(u,j) - s(u,i))``:
-    ``sampled`` (the paper: a fresh uniform negative every step) or ``matched`` (a fixed
-    per-pair reference from the ``forget`` dataset's ``ref_item`` column, its score held
-    fixed, the term applied only while ``s(u,i) > s(u,j)``; see
-    :mod:`mmrecun_ray.unlearning.references`). With ``matched``, the run stops once at most
-    ``matched_tolerance`` of D_f still scores above its reference.
-
-    ``refit_only``: only the rows re-drawn from ``LoopInputs.reset_users`` /
-    ``reset_items`` train (every other parameter frozen, a fresh Adam); the forgetting stop
-    rule and the utility floor are off, and the run is the ``max_steps`` budget.
+    Attributes:
+        model / params: registered model name and its constructor parameters.
+        epochs: cap on passes over the objective's epoch stream.
+        batch_size: pairs of the epoch stream per step per worker.
+        learning_rate: Adam's step size.
+        seed: torch / numpy seed (model init, sampling, shuffling).
+        eval_every: epochs between evaluations (validation + the objective's verdict).
+        max_steps: optional budget in optimizer steps.
+        shuffle_buffer: local shuffle buffer of the Ray Data streams.
+        eval_ks: cut-offs of the evaluation metrics.
+        checkpoint_every / report_every: evaluations between checkpoints / reports to Ray
+            Train (the last evaluation always checkpoints).
+        log_every_s: seconds between progress log lines.
     """
 
     model: str
     params: dict[str, Any] = field(default_factory=dict)
-    objective: str = "bpr"
     epochs: int = 200
     batch_size: int = 2048
     learning_rate: float = 1e-3
-    reg_weight: float = 1e-4
-    patience: int = 20
-    eval_every: int = 1
-    alpha: float = 1.0
-    beta: float = 1.0
-    forget_ratio: float = 1.0
-    max_steps: int | None = None
-    forget_target_recall: float | None = None
-    min_valid_ratio: float | None = None
     seed: int = 0
+    eval_every: int = 1
+    max_steps: int | None = None
     shuffle_buffer: int = 20_000
     eval_ks: tuple[int, ...] = (10, 20, 50)
-    reverse_side: str = "both"
-    stop_on_auc: bool = False
-    reverse_reference: str = "sampled"
-    matched_tolerance: float = 0.5
-    refit_only: bool = False
     checkpoint_every: int = 10
     report_every: int = 5
     log_every_s: float = 10.0
 
     def __post_init__(self) -> None:
-        if self.objective not in OBJECTIVES:
-            raise ConfigError(f"objective {self.objective!r}: expected one of {OBJECTIVES}")
         if self.batch_size <= 0 or self.epochs <= 0:
             raise ConfigError("batch_size and epochs must be positive")
-        if self.reverse_side not in ("both", "user", "item"):
-            raise ConfigError(f"reverse_side {self.reverse_side!r}: expected both, user or item")
-        if self.reverse_reference not in ("sampled", "matched"):
-            raise ConfigError(f"reverse_reference {self.reverse_reference!r}: expected sampled or matched")
-        if not 0.0 <= self.matched_tolerance < 1.0:
-            raise ConfigError("matched_tolerance must be in [0, 1)")
-        if self.forget_ratio <= 0:
-            raise ConfigError("forget_ratio must be positive")
+        if self.learning_rate <= 0:
+            raise ConfigError(f"learning_rate must be positive, got {self.learning_rate}")
+        if self.eval_every <= 0:
+            raise ConfigError("eval_every must be positive")
+        if self.max_steps is not None and self.max_steps <= 0:
+            raise ConfigError("max_steps must be positive (or null)")
         self.eval_ks = tuple(int(k) for k in self.eval_ks)
-
-    @property
-    def matched_reverse(self) -> bool:
-        """Whether the reverse term uses fixed per-pair references (MMRecUN only)."""
-        return self.objective == "mmrecun" and self.reverse_reference == "matched"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -117,8 +83,8 @@ class LoopInputs:
         features: modality -> ``(n_items, d)`` float32.
         valid_user / valid_item: ``(V,)`` int64 validation pairs.
         forget_user / forget_item: ``(F,)`` int64 forget pairs (unlearning only).
-        forget_ref: ``(F,)`` int64 reference item of each forget pair (``matched`` reverse
-            term only).
+        forget_ref: ``(F,)`` int64 fixed reference item of each forget pair (the matched
+            reverse term of :class:`~mmrecun_ray.objectives.RefitRows`), else None.
         init_state: model state dict (numpy) to start from (unlearning, fine-tuning).
         reset_users / reset_items: ``(k,)`` int64 ids whose ID-embedding rows (and their
             optimizer state) are re-drawn from the initial distribution before the first

@@ -23,6 +23,7 @@ from mmrecun_ray.errors import DataError
 from mmrecun_ray.models import build_model
 from mmrecun_ray.models.base import Recommender
 from mmrecun_ray.storage import exists, join, read_bytes, read_json, write_bytes_atomic, write_json_atomic
+from mmrecun_ray.training.arrays import to_torch
 
 logger = logging.getLogger(__name__)
 
@@ -33,7 +34,12 @@ MODEL_META = "model.json"
 
 @dataclass
 class ModelInfo:
-    """Contents of ``model.json``."""
+    """Contents of ``model.json``.
+
+    ``manifest_hash`` is the content hash of the dataset version the model was trained (or
+    unlearned) on, ``root_hash`` that of its lineage root, ``honoured`` the forget requests
+    the model honours (the model never saw their data); ``lineage`` lists the unlearning
+    runs that produced it."""
 
     model: str
     params: dict[str, Any]
@@ -42,7 +48,10 @@ class ModelInfo:
     modalities: dict[str, int]
     data_uri: str
     manifest_hash: str
+    root_hash: str = ""
+    honoured: list[str] = field(default_factory=list)
     loop_config: dict[str, Any] = field(default_factory=dict)
+    objective: dict[str, Any] = field(default_factory=dict)
     banned_items: list[int] = field(default_factory=list)
     dropped_features: dict[str, list[int]] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
@@ -53,21 +62,39 @@ class ModelInfo:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "ModelInfo":
+    def from_dict(cls, d: dict[str, Any], where: str = "model.json") -> "ModelInfo":
+        """From ``model.json``'s object; DataError naming ``where`` and the key at fault."""
+        if not isinstance(d, dict):
+            raise DataError(f"{where}: expected a JSON object")
         known = set(cls.__dataclass_fields__)
+        missing = [k for k in ("model", "params", "n_users", "n_items", "modalities", "data_uri",
+                               "manifest_hash") if k not in d]
+        if missing:
+            raise DataError(f"{where}: missing key(s) {missing}")
+        checks = {"model": str, "params": dict, "n_users": int, "n_items": int, "modalities": dict,
+                  "loop_config": dict, "objective": dict, "banned_items": list, "honoured": list}
+        for k, t in checks.items():
+            if k in d and not isinstance(d[k], t):
+                raise DataError(f"{where}: key {k!r} must be a {t.__name__}, got {type(d[k]).__name__}")
+        for k in ("n_users", "n_items"):
+            if d[k] <= 0:
+                raise DataError(f"{where}: key {k!r} must be positive, got {d[k]}")
         return cls(**{k: v for k, v in d.items() if k in known})
 
 
 def export_model(out_uri: str, info: ModelInfo, state: dict[str, Any],
                  optimizer: dict[str, Any] | None = None) -> str:
-    """Publish a model folder at ``out_uri``: weights (and the optimizer state that
-    unlearning continues from) first, ``model.json`` last."""
+    """Publish a model folder at ``out_uri``: ``model.json`` of a previous model removed
+    first (a half-replaced folder is then no model at all), weights (and the optimizer
+    state that unlearning continues from) next, ``model.json`` last."""
+    from mmrecun_ray.storage import delete
+    delete(join(out_uri, MODEL_META))
     buf = io.BytesIO()
     torch.save({k: torch.as_tensor(np.array(v)) for k, v in state.items()}, buf)
     write_bytes_atomic(join(out_uri, MODEL_FILE), buf.getvalue())
     if optimizer is not None:
         buf = io.BytesIO()
-        torch.save(optimizer, buf)
+        torch.save(to_torch(optimizer), buf)  # tensors and plain values: loads weights_only
         write_bytes_atomic(join(out_uri, OPTIMIZER_FILE), buf.getvalue())
     write_json_atomic(join(out_uri, MODEL_META), info.to_dict())
     logger.info("exported %s model to %s", info.model, out_uri)
@@ -78,12 +105,32 @@ def read_model_info(model_uri: str) -> ModelInfo:
     meta = join(model_uri, MODEL_META)
     if not exists(meta):
         raise DataError(f"{meta}: not found — {model_uri} is not an exported model folder")
-    return ModelInfo.from_dict(read_json(meta))
+    try:
+        d = read_json(meta)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise DataError(f"{meta}: not valid JSON ({e})") from None
+    return ModelInfo.from_dict(d, meta)
+
+
+def _load_safe(uri: str) -> Any:
+    """``torch.load`` of ``uri`` with ``weights_only=True``: tensors and plain values only,
+    never code. A file that is anything else is a DataError naming it."""
+    try:
+        return torch.load(io.BytesIO(read_bytes(uri)), map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - unpickling raises many types
+        first = (str(e).strip().splitlines() or [""])[0][:160]
+        raise DataError(f"{uri}: refused: not a plain tensor file ({type(e).__name__}: {first})") from e
 
 
 def read_state(model_uri: str) -> dict[str, torch.Tensor]:
-    return torch.load(io.BytesIO(read_bytes(join(model_uri, MODEL_FILE))), map_location="cpu",
-                      weights_only=True)
+    """The model's weights; DataError when ``model.pt`` is not a dict of tensors."""
+    uri = join(model_uri, MODEL_FILE)
+    if not exists(uri):
+        raise DataError(f"{uri}: not found — {model_uri} is not a complete model folder")
+    state = _load_safe(uri)
+    if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
+        raise DataError(f"{uri}: expected a dict of tensors (a state dict)")
+    return state
 
 
 def read_optimizer(model_uri: str) -> dict[str, Any] | None:
@@ -91,7 +138,10 @@ def read_optimizer(model_uri: str) -> dict[str, Any] | None:
     uri = join(model_uri, OPTIMIZER_FILE)
     if not exists(uri):
         return None
-    return torch.load(io.BytesIO(read_bytes(uri)), map_location="cpu", weights_only=False)
+    state = _load_safe(uri)
+    if not isinstance(state, dict) or "state" not in state or "param_groups" not in state:
+        raise DataError(f"{uri}: expected an optimizer state dict (keys state, param_groups)")
+    return state
 
 
 def check_compatible(info: ModelInfo, ds: RecDataset, model_uri: str) -> None:

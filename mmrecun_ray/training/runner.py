@@ -18,9 +18,10 @@ import ray.data
 import ray.train
 from ray.train.torch import TorchConfig, TorchTrainer
 
+from mmrecun_ray.objectives import Objective
 from mmrecun_ray.storage import resolve
 from mmrecun_ray.training.config import LoopConfig, LoopInputs
-from mmrecun_ray.training.loop import train_loop
+from mmrecun_ray.training.loop import CHECKPOINT_FILE, load_checkpoint, train_loop
 
 logger = logging.getLogger(__name__)
 
@@ -34,14 +35,15 @@ class Scaling:
         gpus: one GPU per worker and NCCL instead of gloo.
         cpus_per_worker: CPU reservation per worker; fractional values leave room for
             Ray Data and Tune drivers on small machines.
-        max_failures: worker-group restarts (resume from the last checkpoint).
+        max_failures: worker-group restarts after a worker dies (each resumes from the
+            last checkpoint: the counts of epochs and steps carry on).
         storage_uri: where Ray Train keeps checkpoints (local folder or ``s3://``).
     """
 
     workers: int = 2
     gpus: bool = False
     cpus_per_worker: float = 0.5
-    max_failures: int = 0
+    max_failures: int = 1
     storage_uri: str | None = None
     extra_resources: dict[str, float] = field(default_factory=dict)
 
@@ -60,6 +62,8 @@ class LoopResult:
     history: list[dict[str, Any]]
     checkpoint_path: str | None = None
     optimizer: dict[str, Any] | None = None
+    start_metrics: dict[str, Any] = field(default_factory=dict)
+    resumed_from_epoch: int | None = None
 
     @classmethod
     def of(cls, ret: dict[str, Any], state: dict[str, Any] | None, wall_seconds: float,
@@ -69,7 +73,9 @@ class LoopResult:
                    best_epoch=ret.get("best_epoch", -1), epochs_run=ret.get("epochs_run", 0),
                    steps=ret.get("steps", 0), wall_seconds=wall_seconds,
                    train_seconds=ret.get("train_seconds", 0.0), history=ret.get("history", []),
-                   checkpoint_path=checkpoint_path, optimizer=ret.get("optimizer"))
+                   checkpoint_path=checkpoint_path, optimizer=ret.get("optimizer"),
+                   start_metrics=ret.get("start_metrics", {}),
+                   resumed_from_epoch=ret.get("resumed_from_epoch"))
 
 
 def ensure_ray(num_cpus: int | None = None, object_store_mb: int | None = None) -> None:
@@ -93,13 +99,18 @@ def ensure_ray(num_cpus: int | None = None, object_store_mb: int | None = None) 
     ray.init(**kwargs)
 
 
-def run_loop(cfg: LoopConfig, inputs: LoopInputs, datasets: dict[str, ray.data.Dataset],
-             scaling: Scaling, name: str = "mmrecun", callbacks: list[Any] | None = None) -> LoopResult:
-    """Run the loop on Ray Train and collect the result.
+def run_loop(cfg: LoopConfig, objective: Objective, inputs: LoopInputs,
+             datasets: dict[str, ray.data.Dataset], scaling: Scaling, name: str = "mmrecun",
+             callbacks: list[Any] | None = None) -> LoopResult:
+    """Run the loop with ``objective`` on Ray Train and collect the result.
 
-    ``datasets`` holds ``"train"`` (and ``"forget"`` for unlearning objectives); Ray Train
-    splits each over the workers (``streaming_split(equal=True)``).
+    ``datasets`` holds the objective's ``streams`` (``"train"``, and ``"forget"`` for
+    forgetting objectives); Ray Train splits each over the workers
+    (``streaming_split(equal=True)``).
     """
+    missing = [s for s in objective.streams if s not in datasets]
+    if missing:
+        raise ValueError(f"objective {objective.name!r} needs datasets {missing}")
     ensure_ray()
     t0 = time.perf_counter()
     inputs_ref = ray.put(inputs)
@@ -116,7 +127,7 @@ def run_loop(cfg: LoopConfig, inputs: LoopInputs, datasets: dict[str, ray.data.D
         resources["GPU"] = 1
     trainer = TorchTrainer(
         train_loop,
-        train_loop_config={"loop": cfg.to_dict(), "inputs": inputs_ref},
+        train_loop_config={"loop": cfg.to_dict(), "objective": objective, "inputs": inputs_ref},
         scaling_config=ray.train.ScalingConfig(num_workers=scaling.workers, use_gpu=scaling.gpus,
                                                resources_per_worker=resources if scaling.workers else None),
         torch_config=TorchConfig(backend="nccl" if scaling.gpus else "gloo"),
@@ -135,15 +146,10 @@ def run_loop(cfg: LoopConfig, inputs: LoopInputs, datasets: dict[str, ray.data.D
 
 
 def _state_from_checkpoint(checkpoint: ray.train.Checkpoint) -> dict[str, Any]:
-    """Model state (numpy) from a checkpoint written by the loop (resume path)."""
+    """Model state (numpy) from a checkpoint written by the loop: the kept state, else the
+    last one."""
     from pathlib import Path
-
-    import torch
-
-    from mmrecun_ray.training.loop import CHECKPOINT_FILE
     with checkpoint.as_directory() as d:
-        ck = torch.load(Path(d) / CHECKPOINT_FILE, map_location="cpu", weights_only=False)
-    best = (ck.get("best") or {}).get("state")
-    if best is not None:
-        return best
-    return {k: v.numpy() for k, v in ck["model_state"].items()}
+        ck = load_checkpoint(Path(d) / CHECKPOINT_FILE)
+    state = (ck.get("best") or {}).get("state") or ck["model_state"]
+    return {k: v.cpu().numpy() for k, v in state.items()}

@@ -1,20 +1,27 @@
-"""``train``: dataset version -> Ray Train run -> exported model + ``metrics.json``."""
+"""``train``: dataset version -> Ray Train run -> exported model + ``metrics.json``.
+
+A training *recipe* is the loop's configuration plus the :class:`~mmrecun_ray.objectives.Fit`
+objective (BPR + L2 weight + early-stopping patience). ``model.json`` records both, so Gold
+retrains with exactly the recipe the model was trained with.
+"""
 
 from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 import numpy as np
 import ray.data
 
-from mmrecun_ray.data.dataset import (interactions_dataset, ledger_forgotten, load_dataset,
-                                      read_manifest)
+from mmrecun_ray.config import coerce, field_types
+from mmrecun_ray.data.dataset import interactions_dataset, load_dataset
 from mmrecun_ray.data.schema import RecDataset
+from mmrecun_ray.errors import ConfigError
 from mmrecun_ray.evaluation.evaluate import evaluate_model
 from mmrecun_ray.models import default_params
+from mmrecun_ray.objectives import Fit
 from mmrecun_ray.storage import join, write_json_atomic
 from mmrecun_ray.training.config import LoopConfig, LoopInputs
 from mmrecun_ray.training.export import ModelInfo, build_from_state, export_model
@@ -22,21 +29,76 @@ from mmrecun_ray.training.runner import LoopResult, Scaling, ensure_ray, run_loo
 
 logger = logging.getLogger(__name__)
 
-LOOP_KEYS = set(LoopConfig.__dataclass_fields__) - {"model", "params"}
+LOOP_KEYS = {f.name for f in fields(LoopConfig)} - {"model", "params"}
+FIT_KEYS = {f.name for f in fields(Fit) if not f.name.startswith("_")}
+#: settings older exports kept in ``loop_config`` that are no longer the loop's
+_LEGACY_UNLEARNING_KEYS = {"objective", "alpha", "beta", "forget_ratio", "forget_target_recall",
+                           "min_valid_ratio", "reverse_side", "stop_on_auc", "reverse_reference",
+                           "matched_tolerance", "refit_only"}
 
 
-def split_settings(model: str, sets: dict[str, Any]) -> LoopConfig:
-    """Split ``--set key=value`` pairs into loop settings and model params.
+def model_param_types(model: str) -> dict[str, Any]:
+    """``name -> type`` of a model's parameters (from the type of each default)."""
+    out: dict[str, Any] = {}
+    for k, v in default_params(model).items():
+        if k in ("learning_rate", "reg_weight"):
+            continue
+        out[k] = Any if v is None else (float if isinstance(v, float) else type(v))
+    return out
+
+
+def recipe(model: str, sets: dict[str, Any] | None = None) -> tuple[LoopConfig, Fit]:
+    """The training recipe of ``model`` with ``sets`` (``--set`` strings or JSON values)
+    applied: loop settings, :class:`Fit` settings (``reg_weight``, ``patience``) or model
+    parameters, each coerced to its declared type.
 
     ``learning_rate`` and ``reg_weight`` default to the model's paper values.
+
+    Raises:
+        ConfigError: an unknown key (naming it) or a value of the wrong type.
     """
-    params = default_params(model)
-    loop_kw: dict[str, Any] = {}
-    for k, v in sets.items():
-        (loop_kw if k in LOOP_KEYS else params).__setitem__(k, v)
-    loop_kw.setdefault("learning_rate", params.get("learning_rate", 1e-3))
-    loop_kw.setdefault("reg_weight", params.get("reg_weight", 1e-4))
-    return LoopConfig(model=model, params=params, **loop_kw)
+    defaults = default_params(model)
+    params = {k: v for k, v in defaults.items() if k not in ("learning_rate", "reg_weight")}
+    loop_types, fit_types, param_types = field_types(LoopConfig), field_types(Fit), model_param_types(model)
+    loop_kw: dict[str, Any] = {"learning_rate": defaults.get("learning_rate", 1e-3)}
+    fit_kw: dict[str, Any] = {"reg_weight": defaults.get("reg_weight", 1e-4)}
+    for k, v in (sets or {}).items():
+        if k in LOOP_KEYS:
+            loop_kw[k] = coerce(v, loop_types[k], k)
+        elif k in FIT_KEYS:
+            fit_kw[k] = coerce(v, fit_types[k], k)
+        elif k in param_types:
+            params[k] = coerce(_json_or_str(v) if param_types[k] is Any else v, param_types[k], k)
+        else:
+            raise ConfigError(f"unknown setting {k!r} for training {model}; known: loop "
+                              f"{sorted(LOOP_KEYS)}, objective {sorted(FIT_KEYS)}, model "
+                              f"{sorted(param_types)}")
+    return LoopConfig(model=model, params=params, **loop_kw), Fit(**fit_kw)
+
+
+def _json_or_str(v: Any) -> Any:
+    import json
+    if isinstance(v, str):
+        try:
+            return json.loads(v)
+        except json.JSONDecodeError:
+            return v
+    return v
+
+
+def recipe_of(info: ModelInfo) -> tuple[LoopConfig, Fit]:
+    """The recipe a model was trained with (from ``model.json``; exports written before
+    objectives kept ``reg_weight``/``patience`` and unlearning keys in ``loop_config``)."""
+    lc = dict(info.loop_config)
+    fit = dict(info.objective) if info.objective else {}
+    fit.pop("name", None)
+    for k in FIT_KEYS:
+        if k in lc:
+            fit.setdefault(k, lc.pop(k))
+    for k in _LEGACY_UNLEARNING_KEYS:
+        lc.pop(k, None)
+    params = {k: v for k, v in info.params.items() if k not in ("learning_rate", "reg_weight")}
+    return LoopConfig.from_dict({**lc, "model": info.model, "params": params}), Fit(**fit)
 
 
 def loop_inputs(ds: RecDataset, active_items: np.ndarray | None = None) -> LoopInputs:
@@ -51,17 +113,8 @@ def loop_inputs(ds: RecDataset, active_items: np.ndarray | None = None) -> LoopI
 
 def train_datasets(data_uri: str, materialize: bool = True) -> dict[str, ray.data.Dataset]:
     """The training pairs as a Ray Dataset read from Parquet (``user_id``, ``item_id``),
-    with every pair the dataset's forget ledger lists filtered out of the stream."""
+    forgotten pairs filtered out by the data room's stream."""
     ds = interactions_dataset(data_uri, "train")
-    forgotten = ledger_forgotten(data_uri)
-    if forgotten is not None and forgotten.size:
-        n_items = read_manifest(data_uri).n_items
-        keys = np.unique(forgotten)
-
-        def drop_forgotten(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-            keep = ~np.isin(batch["user_id"] * n_items + batch["item_id"], keys)
-            return {k: v[keep] for k, v in batch.items()}
-        ds = ds.map_batches(drop_forgotten, batch_format="numpy")
     return {"train": ds.materialize() if materialize else ds}
 
 
@@ -80,15 +133,15 @@ def train(data_uri: str, model: str, out_uri: str, scaling: Scaling,
           sets: dict[str, Any] | None = None, ds: RecDataset | None = None) -> TrainOutcome:
     """Train ``model`` on ``data_uri``; publish ``<out>/model`` and ``<out>/metrics.json``."""
     t0 = time.perf_counter()
-    cfg = split_settings(model, dict(sets or {}))
+    cfg, fit = recipe(model, dict(sets or {}))
     ds = ds or load_dataset(data_uri)
     ensure_ray()
     inputs = loop_inputs(ds)
-    result = run_loop(cfg, inputs, train_datasets(data_uri), scaling, name=f"train-{model}")
+    result = run_loop(cfg, fit, inputs, train_datasets(data_uri), scaling, name=f"train-{model}")
     info = ModelInfo(model=model, params=cfg.params, n_users=ds.n_users, n_items=ds.n_items,
                      modalities={m: int(f.shape[1]) for m, f in ds.features.items()},
                      data_uri=str(data_uri), manifest_hash=inputs.manifest_hash,
-                     loop_config=cfg.to_dict())
+                     loop_config=cfg.to_dict(), objective=fit.to_dict())
     model_uri = join(out_uri, "model")
     net = build_from_state(info, ds, result.state or {})
     metrics = evaluate_model(net, ds)
@@ -96,9 +149,10 @@ def train(data_uri: str, model: str, out_uri: str, scaling: Scaling,
     payload = {"command": "train", "model": model, "data": str(data_uri), "model_uri": model_uri,
                "wall_seconds": wall, "train_seconds": result.train_seconds,
                "epochs_run": result.epochs_run, "best_epoch": result.best_epoch,
+               "steps": result.steps, "resumed_from_epoch": result.resumed_from_epoch,
                "seconds_per_epoch": result.train_seconds / max(result.epochs_run, 1),
                "workers": scaling.workers, "loop_config": cfg.to_dict(),
-               "metrics": metrics}
+               "objective": fit.to_dict(), "metrics": metrics}
     info.metrics = metrics
     export_model(model_uri, info, result.state or {}, result.optimizer)
     write_metrics(out_uri, payload)

@@ -23,17 +23,18 @@ def _pair(text: str, what: str) -> tuple[float, float]:
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
-    from mmrecun_ray.cli import _scaling, parse_sets
+    from mmrecun_ray.cliargs import scaling
+    from mmrecun_ray.config import parse_sets
     from mmrecun_ray.tuning.sweep import SearchSpace, TuneOptions, run_sweep
     space = SearchSpace(alpha=_pair(args.alpha, "--alpha"), beta=_pair(args.beta, "--beta"),
                         lr_factor=_pair(args.lr_factor, "--lr-factor"), max_epochs=args.max_epochs,
                         forget_ratios=_floats(args.forget_ratios, "--forget-ratios"))
-    opts = TuneOptions(samples=args.samples, mode=args.mode, max_concurrent=args.max_concurrent,
+    opts = TuneOptions(samples=args.samples, method=args.method, mode=args.mode, max_concurrent=args.max_concurrent,
                        seed=args.seed, tolerance=args.tolerance, lam=args.lam,
                        grace_period=args.grace_period, trial_cpus=args.trial_cpus, space=space,
                        fixed=parse_sets(args.set), run_default=not args.no_default,
                        verbose=args.tune_verbose)
-    p = run_sweep(args.model_uri, args.data, args.request, args.out, _scaling(args, args.out), opts,
+    p = run_sweep(args.model_uri, args.data, args.request, args.out, scaling(args, args.out), opts,
                   gold_uri=args.gold_uri, target=args.target)
     print(format_summary(p))
     return 0
@@ -50,7 +51,7 @@ def format_summary(p: dict[str, Any]) -> str:
                 f"{f('forget_recall@20', '9.4f')} {f('wall_seconds', '7.1f')}")
     head = (f"{'trial':<12} {'alpha':>8} {'beta':>6} {'lr':>9} {'epochs':>6} {'ratio':>6} "
             f"{'validR@20':>9} {'forgetR@20':>9} {'wall s':>7}")
-    lines = [f"tune ({p['mode']}) {p['model']} request {p['request']['spec']} "
+    lines = [f"tune {p.get('method', 'mmrecun')} ({p['mode']}) {p['model']} request {p['request']['spec']} "
              f"({p['request']['forget_pairs']} forget pairs): {p['n_completed']}/{p['n_trials']} trials "
              f"in {p['wall_seconds']:.0f}s; target forget recall@20 {p['target']:.4f} ({p['target_source']})",
              head, "-" * len(head), fmt(p.get("original"), "original")]
@@ -71,6 +72,9 @@ def add_parsers(sub: Any, add_scaling: Callable, add_s3: Callable) -> None:
     pt.add_argument("--out", required=True, help="output URI: retain_data/, trials.csv/json, pareto.json, "
                     "best_config.json, metrics.json")
     pt.add_argument("--samples", type=int, default=8, help="number of trials (default: 8)")
+    pt.add_argument("--method", default="mmrecun", choices=("mmrecun", "neggrad"),
+                    help="the method whose loss weights are searched (default: mmrecun, the "
+                         "paper's); best_config.json records it and `unlearn --config` runs it")
     pt.add_argument("--mode", choices=("pareto", "asha"), default="pareto",
                     help="pareto: multi-objective Optuna search, report the front (default); asha: "
                          "scalarised score valid - lam*|forget - target| with ASHA early stopping")

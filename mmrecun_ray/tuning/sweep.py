@@ -2,7 +2,7 @@
 budget in passes over D_f, forget:retain batch ratio).
 
 Every trial is a real unlearning run: a Tune function trainable that builds and fits the
-one loop's ``TorchTrainer`` (:func:`~mmrecun_ray.unlearning.methods.run_mmrecun`) with a
+one loop's ``TorchTrainer`` (the ``--method``'s :meth:`Method.run`, MMRecUN by default) with a
 ``TuneReportCallback`` subclass, so each epoch's worker metrics reach Tune. The request is
 applied once before the sweep (one retain version, one forget set, *not* recorded in the
 dataset's ledger: a sweep explores, it does not forget); its parts reach the trials through
@@ -56,8 +56,10 @@ from ray.tune.integration.ray_train import TuneReportCallback
 from mmrecun_ray.errors import ConfigError, DataError
 from mmrecun_ray.storage import exists, is_s3, join, read_json, resolve, write_bytes_atomic, write_json_atomic
 from mmrecun_ray.storage.uri import to_jsonable
+from mmrecun_ray.config import field_types
 from mmrecun_ray.training.runner import Scaling, ensure_ray
-from mmrecun_ray.unlearning.methods import UnlearnSettings, run_mmrecun
+from mmrecun_ray.unlearning.methods import Job, build_methods, method_class
+from mmrecun_ray.unlearning.methods.base import settings_dict
 from mmrecun_ray.unlearning.requests import ForgetSet
 
 logger = logging.getLogger(__name__)
@@ -68,7 +70,7 @@ GAP = "forget_gap"
 SCORE = "score"
 #: the Pareto objectives and their directions
 OBJECTIVES: tuple[tuple[str, str], ...] = ((VALID, "max"), (GAP, "min"))
-#: the UnlearnSettings fields a sweep searches
+#: the method settings a sweep searches
 SEARCHED = ("alpha", "beta", "learning_rate", "epochs", "forget_ratio")
 MODES = ("pareto", "asha")
 
@@ -125,6 +127,7 @@ class TuneOptions:
 
     Attributes:
         samples: number of trials.
+        method: the method whose settings are searched (its loss's weights).
         mode: ``pareto`` (multi-objective Optuna) or ``asha`` (scalarised + ASHA).
         max_concurrent: trials at once (1 on a 2-CPU machine).
         seed: seed of the request sample, of the searcher and of every trial's loop.
@@ -134,13 +137,14 @@ class TuneOptions:
         grace_period, reduction_factor: ASHA's, in reported results (one per epoch).
         trial_cpus: CPU reserved by each Tune trial's driver function (its Ray Train
             workers reserve ``cpus_per_worker`` each).
-        fixed: UnlearnSettings not searched (``batch_size``, ``max_steps``, ...), applied to
+        fixed: method settings not searched (``batch_size``, ``max_steps``, ...), applied to
             every trial and to the default run.
         run_default: also run the default settings once, for comparison.
         verbose: Tune's console verbosity (0-3).
     """
 
     samples: int = 8
+    method: str = "mmrecun"
     mode: str = "pareto"
     max_concurrent: int = 1
     seed: int = 0
@@ -162,10 +166,14 @@ class TuneOptions:
                               "need at least 1")
         if self.tolerance < 0 or self.lam < 0:
             raise ConfigError("tolerance and lam must be >= 0")
-        known = set(UnlearnSettings.__dataclass_fields__)
+        known = set(field_types(method_class(self.method).Settings))
+        missing = sorted(set(SEARCHED) - known)
+        if missing:
+            raise ConfigError(f"tune --method {self.method}: the method has no {missing} to search; "
+                              "tunable methods: mmrecun, neggrad")
         unknown = sorted(set(self.fixed) - known)
         if unknown:
-            raise ConfigError(f"unknown unlearning settings {unknown}; known: {sorted(known)}")
+            raise ConfigError(f"unknown settings {unknown} for {self.method}; known: {sorted(known)}")
         searched = sorted(set(self.fixed) & set(SEARCHED))
         if searched:
             raise ConfigError(f"--set {searched}: these are searched by `tune`; narrow the search "
@@ -247,33 +255,22 @@ def choose_best(front: Sequence[dict[str, Any]], target: float, tolerance: float
 class TrialContext:
     """What every trial shares; put once in the object store by ``tune.with_parameters``."""
 
-    model_uri: str
-    fset: ForgetSet
-    retain_data: ray.data.Dataset
-    retain_uri: str
-    scaling: Scaling
+    method: str
+    job: Job
     target: float
     lam: float
     fixed: dict[str, Any]
     seed: int
 
 
-def trial_settings(config: dict[str, Any], fixed: dict[str, Any], target: float,
-                   seed: int = 0) -> UnlearnSettings:
-    """UnlearnSettings of one trial: the sampled knobs over ``fixed``; stop at ``target``.
-
-    A sweep searches the weights of the paper's reverse loss, so trials run it alone
-    (``reverse_reference=sampled``, ``reset_exclusive=false``) unless ``fixed`` says
-    otherwise: with the exclusive rows re-drawn a users/items request has nothing left to
-    reverse and every trial would be the same."""
-    sets: dict[str, Any] = {"forget_target": float(target), "seed": seed,
-                            "reverse_reference": "sampled", "reset_exclusive": False, **fixed}
+def trial_settings(method: str, config: dict[str, Any], fixed: dict[str, Any], target: float,
+                   seed: int = 0) -> Any:
+    """Settings of ``method`` for one trial: the sampled knobs over ``fixed``; stop at
+    ``target``."""
+    sets: dict[str, Any] = {"forget_target": float(target), "seed": seed, **fixed}
     sets.update({k: config[k] for k in SEARCHED})
     sets["epochs"] = int(sets["epochs"])
-    sets["forget_ratio"] = float(sets["forget_ratio"])
-    sets["alpha"], sets["beta"] = float(sets["alpha"]), float(sets["beta"])
-    sets["learning_rate"] = float(sets["learning_rate"])
-    return UnlearnSettings.from_sets(sets)
+    return build_methods([method], sets)[0].settings
 
 
 class ObjectiveReportCallback(TuneReportCallback):
@@ -297,10 +294,11 @@ def unlearn_trial(config: dict[str, Any], ctx: TrialContext) -> None:
     last result with ``final=1`` repeats the final epoch's and adds the trial's wall time
     and the budget used.
     """
+    from dataclasses import replace
     t0 = time.perf_counter()
-    settings = trial_settings(config, ctx.fixed, ctx.target, ctx.seed)
-    res = run_mmrecun(ctx.model_uri, ctx.fset, ctx.retain_data, ctx.retain_uri, ctx.scaling, settings,
-                      callbacks=[ObjectiveReportCallback(ctx.target, ctx.lam)])
+    settings = trial_settings(ctx.method, config, ctx.fixed, ctx.target, ctx.seed)
+    job = replace(ctx.job, callbacks=[ObjectiveReportCallback(ctx.target, ctx.lam)])
+    res = method_class(ctx.method)(settings).run(job)
     history = res.loop.history if res.loop else []
     if not history:
         raise DataError(f"trial {config}: the unlearning loop reported no evaluation")
@@ -383,8 +381,9 @@ def gold_target(model_uri: str, prep: Any, gold_uri: str | None = None,
                 f"gold metrics {join(gold_uri, 'metrics.json')}"
         raise DataError(f"--gold-uri {gold_uri}: neither a metrics.json nor a folder with "
                         f"{MODEL_META} or metrics.json")
-    from mmrecun_ray.unlearning.service import estimate_gold_forget_recall, reference_valid_recall
-    return (estimate_gold_forget_recall(prep, reference_valid_recall(model_uri, prep)),
+    from mmrecun_ray.unlearning.references import estimate_gold_forget_recall
+    from mmrecun_ray.unlearning.service import reference_valid_recall
+    return (estimate_gold_forget_recall(fset, reference_valid_recall(model_uri, prep)),
             "estimate_gold_forget_recall")
 
 
@@ -477,17 +476,15 @@ def _csv(rows: list[dict[str, Any]]) -> bytes:
     return buf.getvalue().encode()
 
 
-def _run_default(ctx: TrialContext, settings: UnlearnSettings, base_lr: float) -> dict[str, Any]:
-    """The default settings run once (outside Tune), as a trial-like row; its
-    ``forget_target="auto"`` resolves to the sweep's target."""
+def _run_default(ctx: TrialContext, settings: Any, base_lr: float) -> dict[str, Any]:
+    """The method's default settings run once (outside Tune), as a trial-like row."""
     t0 = time.perf_counter()
-    res = run_mmrecun(ctx.model_uri, ctx.fset, ctx.retain_data, ctx.retain_uri, ctx.scaling, settings,
-                      reference_valid_recall=ctx.target)
+    res = method_class(ctx.method)(settings).run(ctx.job)
     last = res.loop.history[-1] if res.loop and res.loop.history else {}
-    if not last:  # no step was needed (nothing left to reverse): evaluate the result
+    if not last:  # no step was needed: evaluate the result
         from mmrecun_ray.training.export import build_from_state
-        valid, forget = _valid_forget_recall(build_from_state(res.info, ctx.fset.retain, res.state),
-                                             ctx.fset)
+        valid, forget = _valid_forget_recall(build_from_state(res.info, ctx.job.fset.retain, res.state),
+                                             ctx.job.fset)
         last = {VALID: valid, FORGET: forget}
     cfg = {k: getattr(settings, k) for k in SEARCHED}
     cfg["learning_rate"] = settings.lr(base_lr)
@@ -495,7 +492,7 @@ def _run_default(ctx: TrialContext, settings: UnlearnSettings, base_lr: float) -
                                 "steps": res.loop.steps if res.loop else 0,
                                 "trial_wall_seconds": time.perf_counter() - t0},
                "completed", ctx.target, ctx.lam)
-    row["settings"] = asdict(settings)
+    row["settings"] = settings_dict(settings)
     return row
 
 
@@ -529,12 +526,16 @@ def run_sweep(model_uri: str, data_uri: str, spec: str, out_uri: str, scaling: S
     retain_data = interactions_dataset(prep.retain_uri, "train").materialize()
     ref_valid, orig_forget = _forget_recall_of(model_uri, fset)
     tgt, source = gold_target(model_uri, prep, gold_uri, target)
+    from mmrecun_ray.training.export import read_optimizer, read_state
+    job = Job(model_uri=model_uri, info=info, state={k: v.numpy() for k, v in read_state(model_uri).items()},
+              optimizer=read_optimizer(model_uri), fset=fset, retain_uri=prep.retain_uri,
+              retain_data=retain_data, scaling=scaling, reference_valid_recall=ref_valid)
     logger.info("request %s: %d forget pairs; target forget recall@20 %.4f (%s); original model "
                 "valid %.4f forget %.4f", fset.request_id, len(fset.forget), tgt, source, ref_valid,
                 orig_forget)
     base_lr = float(info.loop_config.get("learning_rate", 1e-3))
-    ctx = TrialContext(model_uri=model_uri, fset=fset, retain_data=retain_data, retain_uri=prep.retain_uri,
-                       scaling=scaling, target=tgt, lam=opts.lam, fixed=dict(opts.fixed), seed=opts.seed)
+    ctx = TrialContext(method=opts.method, job=job, target=tgt, lam=opts.lam, fixed=dict(opts.fixed),
+                       seed=opts.seed)
     t_sweep = time.perf_counter()
     rows = _fit(ctx, opts, base_lr, storage)
     sweep_seconds = time.perf_counter() - t_sweep
@@ -548,12 +549,14 @@ def run_sweep(model_uri: str, data_uri: str, spec: str, out_uri: str, scaling: S
     best = choose_best(front, tgt, opts.tolerance)
     default = None
     if opts.run_default:  # after the sweep, alone on the machine: its wall time compares
-        default = _run_default(ctx, UnlearnSettings.from_sets({"seed": opts.seed, **opts.fixed}), base_lr)
+        default = _run_default(ctx, build_methods([opts.method], {"seed": opts.seed, **opts.fixed})[0].settings,
+                               base_lr)
         modes = [d for _, d in OBJECTIVES]
         default["dominated_by"] = [r["trial_id"] for r in front
                                    if dominates([r[m] for m, _ in OBJECTIVES],
                                                 [default[m] for m, _ in OBJECTIVES], modes)]
-    best_settings = asdict(trial_settings(best, opts.fixed, tgt, opts.seed)) if best else None
+    best_settings = (settings_dict(trial_settings(opts.method, best, opts.fixed, tgt, opts.seed))
+                     if best else None)
 
     write_bytes_atomic(join(out_uri, "trials.csv"), _csv(rows))
     write_json_atomic(join(out_uri, "trials.json"), to_jsonable(rows))
@@ -561,7 +564,7 @@ def run_sweep(model_uri: str, data_uri: str, spec: str, out_uri: str, scaling: S
         {"objectives": dict(OBJECTIVES), "target": tgt, "trials": front}))
     if best is not None:
         write_json_atomic(join(out_uri, "best_config.json"), to_jsonable(
-            {"settings": best_settings, "trial_id": best["trial_id"], "request": spec, "seed": opts.seed,
+            {"method": opts.method, "settings": best_settings, "trial_id": best["trial_id"], "request": spec, "seed": opts.seed,
              "model_uri": model_uri, "target": tgt, "tolerance": opts.tolerance,
              "objectives": {k: best[k] for k in (VALID, FORGET, GAP)}}))
     else:
@@ -570,7 +573,7 @@ def run_sweep(model_uri: str, data_uri: str, spec: str, out_uri: str, scaling: S
         "command": "tune", "model": info.model, "model_uri": model_uri, "data": data_uri,
         "request": {"spec": spec, "id": fset.request_id, "kind": fset.request.kind,
                     "forget_pairs": len(fset.forget), "retain_train": len(fset.retain.train)},
-        "retain_data": prep.retain_uri, "mode": opts.mode,
+        "retain_data": prep.retain_uri, "method": opts.method, "mode": opts.mode,
         "objectives": {VALID: "max", GAP: f"min |{FORGET} - target|"} if opts.mode == "pareto"
         else {SCORE: f"max {VALID} - {opts.lam} * |{FORGET} - target| (ASHA)"},
         "target": tgt, "target_source": source, "tolerance": opts.tolerance, "lambda": opts.lam,

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from mmrecun_ray.training.sampler import NegativeSampler
+from mmrecun_ray.objectives.sampling import NegativeSampler
 from mmrecun_ray.unlearning.requests import ForgetSet
 
 
@@ -77,3 +77,22 @@ def exclusive_ids(fset: ForgetSet) -> tuple[np.ndarray, np.ndarray]:
     users = np.unique(fset.forget.user.astype(np.int64))
     users = users[~np.isin(users, fset.retain.train.user)]
     return users, np.asarray(fset.banned_items, dtype=np.int64)
+
+
+def estimate_gold_forget_recall(fset: ForgetSet, ref_valid_recall: float, k: int = 20) -> float:
+    """What Gold's forget-set Recall@K should be, without running Gold.
+
+    Per forgotten pair: if its user keeps retain training data, Gold ranks the pair like any
+    never-seen positive of a known user (``ref_valid_recall``: the trained model's
+    validation Recall@K on retain users); if the user has no retain data left (``users``
+    requests), Gold knows nothing of them and ranks at random: ``K / n_rankable`` with
+    ``n_rankable`` the active items. Pairs of banned items rank nowhere (0). Averaged per
+    user, as the metric is.
+    """
+    if len(fset.forget) == 0:
+        return ref_valid_recall
+    n_active = fset.retain.n_items - int(fset.banned_items.size)
+    keeps = np.isin(np.unique(fset.forget.user), fset.retain.train.user)
+    banned_share = np.isin(fset.forget.item, fset.banned_items).mean() if fset.banned_items.size else 0.0
+    per_user = np.where(keeps, ref_valid_recall, min(1.0, k / max(n_active, 1)))
+    return float(per_user.mean() * (1.0 - banned_share))

@@ -153,6 +153,7 @@ class ForgetSet:
             dropped for all items is absent from ``retain.features``.
         held_out_removed: validation/test pairs the request covers (gone from ``retain``'s
             valid/test): not training data, but pairs the user did interact with.
+        removed: the covered rows per held-out split (``valid``, ``test``).
     """
 
     request: ForgetRequest
@@ -161,13 +162,16 @@ class ForgetSet:
     banned_items: np.ndarray
     dropped_features: dict[str, np.ndarray]
     held_out_removed: Interactions | None = None
+    removed: dict[str, Interactions] = field(default_factory=dict)
 
     @property
     def request_id(self) -> str:
         return self.request.request_id()
 
 
-def _sample(req: ForgetRequest, ds: RecDataset) -> ForgetRequest:
+def sample_request(req: ForgetRequest, ds: RecDataset) -> ForgetRequest:
+    """Draw a sampled request's ids (``req.fraction`` of ``ds``'s training users, items or
+    pairs) with ``req.seed``; the result is concrete (``fraction`` None)."""
     rng = np.random.default_rng(req.seed)
     if req.kind == "users":
         pool = np.unique(ds.train.user)
@@ -196,7 +200,7 @@ def _drop(inter: Interactions, mask: np.ndarray) -> Interactions:
 def resolve_request(req: ForgetRequest, ds: RecDataset) -> ForgetSet:
     """Turn a request into D_f and D_r over ``ds`` (already ledger-filtered)."""
     if req.fraction is not None:
-        req = _sample(req, ds)
+        req = sample_request(req, ds)
     n_items = ds.n_items
     banned = np.zeros(0, dtype=np.int64)
     dropped: dict[str, np.ndarray] = {}
@@ -250,5 +254,7 @@ def resolve_request(req: ForgetRequest, ds: RecDataset) -> ForgetSet:
                      test=_drop(ds.test, t_mask), features=features)
     held_out = Interactions(user=np.concatenate([ds.valid.user[v_mask], ds.test.user[t_mask]]),
                             item=np.concatenate([ds.valid.item[v_mask], ds.test.item[t_mask]]))
+    removed = {"valid": Interactions(ds.valid.user[v_mask], ds.valid.item[v_mask]),
+               "test": Interactions(ds.test.user[t_mask], ds.test.item[t_mask])}
     return ForgetSet(request=req, forget=forget, retain=retain, banned_items=banned,
-                     dropped_features=dropped, held_out_removed=held_out)
+                     dropped_features=dropped, held_out_removed=held_out, removed=removed)

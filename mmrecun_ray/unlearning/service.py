@@ -25,9 +25,12 @@ from mmrecun_ray.evaluation.evaluate import KS, embeddings, evaluate_embeddings
 from mmrecun_ray.evaluation.ranking import build_csr, full_ranking_topk
 from mmrecun_ray.storage import exists, join, write_json_atomic
 from mmrecun_ray.storage.uri import to_jsonable
-from mmrecun_ray.training.export import build_from_state, export_model, load_model, read_model_info
+from mmrecun_ray.training.export import (build_from_state, export_model, load_model, read_model_info,
+                                         read_optimizer, read_state)
 from mmrecun_ray.training.runner import Scaling, ensure_ray
-from mmrecun_ray.unlearning.methods import UnlearnSettings, run_method
+from mmrecun_ray.unlearning.methods import Job, build_methods
+from mmrecun_ray.unlearning.methods.base import settings_dict
+from mmrecun_ray.unlearning.references import estimate_gold_forget_recall
 from mmrecun_ray.unlearning.requests import ForgetSet, parse_request, resolve_request
 
 logger = logging.getLogger(__name__)
@@ -107,79 +110,65 @@ def _audit_original(model_uri: str, prep: Prepared) -> dict[str, Any]:
 
 
 def reference_valid_recall(model_uri: str, prep: Prepared) -> float:
-    """The trained model's validation Recall@20 on retain users over the retain graph: the
-    level a never-seen positive reaches, used as the ``auto`` forget target."""
+    """The trained model's validation Recall@20 on retain users over the retain graph."""
     model, _ = load_model(model_uri, prep.fset.retain)
     u, i = embeddings(model)
     return float(evaluate_embeddings(u, i, prep.fset.retain, prep.fset.retain.valid, (20,))["recall@20"])
 
 
-def estimate_gold_forget_recall(prep: Prepared, ref_valid_recall: float, k: int = 20) -> float:
-    """What Gold's forget-set Recall@K should be, without running Gold.
-
-    Per forgotten pair: if its user keeps retain training data, Gold ranks the pair like any
-    never-seen positive of a known user (the trained model's validation Recall@K on retain
-    users); if the user has no retain data left (``users`` requests), Gold knows nothing of
-    them and ranks at random: ``K / n_rankable`` with ``n_rankable`` the active items. Pairs
-    of banned items rank nowhere (0). Averaged per user, as the metric is.
-    """
-    fset = prep.fset
-    if len(fset.forget) == 0:
-        return ref_valid_recall
-    n_active = fset.retain.n_items - int(fset.banned_items.size)
-    keeps = np.isin(np.unique(fset.forget.user), fset.retain.train.user)
-    banned_share = np.isin(fset.forget.item, fset.banned_items).mean() if fset.banned_items.size else 0.0
-    per_user = np.where(keeps, ref_valid_recall, min(1.0, k / max(n_active, 1)))
-    return float(per_user.mean() * (1.0 - banned_share))
-
-
 def run_methods(model_uri: str, data_uri: str, spec: str, methods: list[str], out_uri: str,
-                scaling: Scaling, settings: UnlearnSettings, seed: int = 0,
+                scaling: Scaling, sets: dict[str, Any] | None = None, seed: int = 0,
                 command: str = "compare", record: bool = True) -> dict[str, Any]:
     """Apply the request once, run each method on it, audit and publish everything."""
     from mmrecun_ray.unlearning.audit import track_peak_rss
     t_all = time.perf_counter()
+    built = build_methods(methods, dict(sets or {}))
+    info = read_model_info(model_uri)
+    state = {k: v.numpy() for k, v in read_state(model_uri).items()}
+    optimizer = read_optimizer(model_uri)
     ensure_ray()
     prep = apply_request(data_uri, spec, out_uri, seed=seed, record=record)
     fset = prep.fset
     retain_data = interactions_dataset(prep.retain_uri, "train").materialize()
-    ref = estimate_gold_forget_recall(prep, reference_valid_recall(model_uri, prep))
-    order = sorted(methods, key=lambda m: m != "gold")  # gold first: speed-up and overlap
+    ref = reference_valid_recall(model_uri, prep)
+    job = Job(model_uri=model_uri, info=info, state=state, optimizer=optimizer, fset=fset,
+              retain_uri=prep.retain_uri, retain_data=retain_data, scaling=scaling,
+              reference_valid_recall=ref)
+    order = sorted(built, key=lambda m: m.role != "gold")
     rows: list[dict[str, Any]] = []
     original = _audit_original(model_uri, prep)
     gold_top, gold_wall = None, None
     for method in order:
-        logger.info("running %s on request %s (%d forget pairs)", method, fset.request_id, len(fset.forget))
-        # driver alone, and driver + its descendant processes (a local Ray's raylet and
-        # workers; shared pages counted per process: an upper bound)
         with track_peak_rss() as peak, track_peak_rss(0.1, include_children=True) as tree:
-            res = run_method(method, model_uri, fset, retain_data, prep.retain_uri, scaling,
-                             settings, reference_valid_recall=ref)
-        method_uri = join(out_uri, method) if command == "compare" else out_uri
-        export_model(join(method_uri, "model"), res.info, res.state,
-                     res.loop.optimizer if res.loop is not None and res.info.model != "sisa" else None)
-        u, i = embeddings(build_from_state(res.info, fset.retain, res.state))
+            res = method.run(job)
+        method_uri = join(out_uri, method.name) if command == "compare" else out_uri
+        graph = prep.original if res.graph == "original" else fset.retain
+        if res.graph != "original":
+            export_model(join(method_uri, "model"), res.info, res.state,
+                         res.loop.optimizer if res.loop is not None and res.info.model != "sisa" else None)
+        u, i = embeddings(build_from_state(res.info, graph, res.state))
         row = audit(u, i, prep, gold_top=gold_top)
         top = row.pop("_top")
-        if method == "gold":
+        if method.role == "gold":
             gold_top, gold_wall = top, res.wall_seconds
-        row.update({"method": method, "wall_seconds": res.wall_seconds,
-                    "peak_rss_mb": peak.peak_mb, "peak_rss_tree_mb": tree.peak_mb, "model_uri": join(method_uri, "model"),
+        row.update({"method": method.name, "role": method.role, "wall_seconds": res.wall_seconds,
+                    "peak_rss_mb": peak.peak_mb, "peak_rss_tree_mb": tree.peak_mb,
+                    "model_uri": join(method_uri, "model"),
                     "epochs_run": res.loop.epochs_run if res.loop else None,
-                    "steps": res.loop.steps if res.loop else None, **res.extra})
+                    "steps": res.loop.steps if res.loop else None,
+                    "settings": settings_dict(method.settings), **res.extra})
         if gold_wall:
             row["speedup_vs_gold"] = gold_wall / max(res.wall_seconds, 1e-9)
         rows.append(row)
         if command == "compare":
             write_json_atomic(join(method_uri, "metrics.json"), to_jsonable({**row, "model": res.info.model}))
     original.pop("_top", None)
-    info = read_model_info(model_uri)
     payload = {"command": command, "model": info.model, "model_uri": model_uri, "data": data_uri,
                "request": {"spec": spec, "id": fset.request_id, "kind": fset.request.kind,
                            "forget_pairs": len(fset.forget), "banned_items": int(fset.banned_items.size),
                            "retain_train": len(fset.retain.train)},
-               "retain_data": prep.retain_uri, "settings": settings.__dict__,
-               "estimated_gold_forget_recall@20": ref,
+               "retain_data": prep.retain_uri,
+               "estimated_gold_forget_recall@20": estimate_gold_forget_recall(fset, ref),
                "original": original, "methods": rows,
                "wall_seconds_total": time.perf_counter() - t_all}
     if command == "unlearn":
@@ -189,9 +178,8 @@ def run_methods(model_uri: str, data_uri: str, spec: str, methods: list[str], ou
     write_json_atomic(join(out_uri, "metrics.json"), payload)
     if command == "compare":
         from mmrecun_ray.unlearning.report import write_report
-        write_report(out_uri, payload["methods"], {"model": info.model, "request": payload["request"],
-                                                   "original": payload["original"],
-                                                   "forget_recall_tolerance": 0.01,
-                                                   "retain_ratio_min": 0.95, "speedup_min": 5.0,
-                                                   "mia_tolerance": 0.05})
+        write_report(out_uri, [r for r in payload["methods"] if r.get("role") != "reference"],
+                     {"model": info.model, "request": payload["request"],
+                      "original": payload["original"], "forget_recall_tolerance": 0.01,
+                      "retain_ratio_min": 0.95, "speedup_min": 5.0, "mia_tolerance": 0.05})
     return payload

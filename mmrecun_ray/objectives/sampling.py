@@ -27,10 +27,10 @@ class NegativeSampler:
         self.rng = np.random.default_rng(seed)
         self.max_rounds = max_rounds
 
-    def _draw(self, n: int) -> np.ndarray:
+    def _draw(self, n: int, rng: np.random.Generator) -> np.ndarray:
         if self.allowed is None:
-            return self.rng.integers(0, self.n_items, size=n, dtype=np.int64)
-        return self.allowed[self.rng.integers(0, self.allowed.size, size=n)]
+            return rng.integers(0, self.n_items, size=n, dtype=np.int64)
+        return self.allowed[rng.integers(0, self.allowed.size, size=n)]
 
     def _is_known(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
         q = users * self.n_items + items
@@ -38,20 +38,22 @@ class NegativeSampler:
         pos = np.minimum(pos, self.keys.size - 1)
         return self.keys[pos] == q if self.keys.size else np.zeros(q.shape, dtype=bool)
 
-    def sample(self, users: np.ndarray) -> np.ndarray:
-        """``(B,)`` int64 users -> ``(B,)`` int64 negatives (one per user).
+    def sample(self, users: np.ndarray, rng: np.random.Generator | None = None) -> np.ndarray:
+        """``(B,)`` int64 users -> ``(B,)`` int64 negatives (one per user), drawn with
+        ``rng`` (default: the sampler's own generator).
 
         A user who interacted with every allowed item keeps a random (known) item after
         ``max_rounds`` redraws rather than looping forever.
         """
+        rng = self.rng if rng is None else rng
         users = np.asarray(users, dtype=np.int64)
-        neg = self._draw(users.size)
+        neg = self._draw(users.size, rng)
         bad = self._is_known(users, neg)
         for _ in range(self.max_rounds):
             if not bad.any():
                 break
             idx = np.flatnonzero(bad)
-            neg[idx] = self._draw(idx.size)
+            neg[idx] = self._draw(idx.size, rng)
             bad[idx] = self._is_known(users[idx], neg[idx])
         return neg
 

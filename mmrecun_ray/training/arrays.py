@@ -1,0 +1,31 @@
+"""numpy <-> torch for nested states (Ray Train return values hold numpy; ``torch.load``
+with ``weights_only=True`` takes tensors)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+
+def to_numpy(x: Any) -> Any:
+    """Tensors -> numpy, recursively (Ray Train refuses tensors in return values)."""
+    if isinstance(x, torch.Tensor):
+        return x.detach().cpu().numpy()
+    if isinstance(x, dict):
+        return {k: to_numpy(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return type(x)(to_numpy(v) for v in x)
+    return x
+
+
+def to_torch(x: Any) -> Any:
+    """Inverse of :func:`to_numpy` (optimizer states)."""
+    if isinstance(x, np.ndarray):
+        return torch.from_numpy(np.array(x))
+    if isinstance(x, dict):
+        return {k: to_torch(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return type(x)(to_torch(v) for v in x)
+    return x
