@@ -10,8 +10,7 @@ from typing import Any
 import numpy as np
 import ray.data
 
-from mmrecun_ray.data.dataset import (interactions_dataset, ledger_forgotten, load_dataset,
-                                      read_manifest)
+from mmrecun_ray.data.dataset import interactions_dataset, load_dataset
 from mmrecun_ray.data.schema import RecDataset
 from mmrecun_ray.evaluation.evaluate import evaluate_model
 from mmrecun_ray.models import default_params
@@ -51,17 +50,8 @@ def loop_inputs(ds: RecDataset, active_items: np.ndarray | None = None) -> LoopI
 
 def train_datasets(data_uri: str, materialize: bool = True) -> dict[str, ray.data.Dataset]:
     """The training pairs as a Ray Dataset read from Parquet (``user_id``, ``item_id``),
-    with every pair the dataset's forget ledger lists filtered out of the stream."""
+    with every row the lineage's forget ledger hides filtered out of the stream."""
     ds = interactions_dataset(data_uri, "train")
-    forgotten = ledger_forgotten(data_uri)
-    if forgotten is not None and forgotten.size:
-        n_items = read_manifest(data_uri).n_items
-        keys = np.unique(forgotten)
-
-        def drop_forgotten(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-            keep = ~np.isin(batch["user_id"] * n_items + batch["item_id"], keys)
-            return {k: v[keep] for k, v in batch.items()}
-        ds = ds.map_batches(drop_forgotten, batch_format="numpy")
     return {"train": ds.materialize() if materialize else ds}
 
 
