@@ -40,6 +40,7 @@ _DEFAULT_REGION_FOR_ENDPOINT = "us-east-1"
 
 # -- S3 URIs ------------------------------------------------------------------------------------
 def is_s3(uri: str | Path) -> bool:
+    """Whether ``uri`` is an ``s3://`` URI."""
     return str(uri).startswith("s3://")
 
 
@@ -56,7 +57,6 @@ def split_s3(uri: str) -> tuple[str, str]:
         err.reason = "config"  # type: ignore[attr-defined]
         raise err
     return bucket, key.strip("/")
-
 
 
 # -- filesystems and clients --------------------------------------------------------------------

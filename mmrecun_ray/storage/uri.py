@@ -76,8 +76,9 @@ def join(uri: str | Path, *parts: str) -> str:
     return str(Path(uri, *parts))
 
 
-
+# -- local errors and the dispatch ----------------------------------------------------------------
 def _local_error(exc: BaseException, op: str, uri: str) -> StorageError:
+    """A :class:`StorageError` for a local ``OSError`` (``reason`` not_found / auth / io)."""
     if isinstance(exc, FileNotFoundError):
         reason, text = "not_found", "no such file or directory"
     elif isinstance(exc, PermissionError):
