@@ -6,7 +6,9 @@ missing, and an interrupted upload leaves no version behind.
 
 The forget ledger (``ledger/``) is never copied file by file and never deleted: the source's
 entries are appended to the destination's ledger (those whose id it lacks) before anything
-at the destination is removed, so an ``--overwrite`` cannot bring forgotten data back.
+at the destination is removed, so an ``--overwrite`` cannot bring forgotten data back. A
+descendant version (manifest ``root`` set) keeps pointing at its lineage root, whose ledger
+every load of the copy consults.
 """
 
 from __future__ import annotations
@@ -117,7 +119,10 @@ def upload_dir_report(src: Path | str, dest_uri: str, settings: S3Settings | Non
     """
     src = Path(src)
     t0 = time.perf_counter()
-    check_published(src, verify_hashes)
+    manifest = check_published(src, verify_hashes)
+    if manifest.get("root"):
+        logger.warning("%s descends from %s: every load of %s consults that root's ledger (and "
+                       "is refused when the root cannot be read there)", src, manifest["root"], dest_uri)
     rels = _local_files(src)
     dest_manifest = join(dest_uri, MANIFEST)
     s = settings or current_settings()
