@@ -45,7 +45,8 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from mmrecun_ray.data.dataset import read_manifest  # noqa: E402
 from mmrecun_ray.storage.upload import upload_dir_report  # noqa: E402
-from mmrecun_ray.storage.uri import S3Settings, s3_filesystem  # noqa: E402
+from mmrecun_ray.storage.s3 import s3_filesystem  # noqa: E402
+from mmrecun_ray.storage.settings import S3Settings  # noqa: E402
 from s3server import SeaweedS3Server  # noqa: E402
 
 log = logging.getLogger("bench.s3_read")

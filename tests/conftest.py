@@ -39,8 +39,8 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedS3Ser
 @pytest.fixture
 def s3_env(s3_server: SeaweedS3Server, monkeypatch: pytest.MonkeyPatch) -> Iterator[SeaweedS3Server]:
     """``AWS_*`` variables pointing at ``s3_server`` (any other AWS setting removed), and no
-    :func:`mmrecun_ray.storage.uri.configure` overrides, for the duration of one test."""
-    from mmrecun_ray.storage import uri
+    :func:`mmrecun_ray.storage.settings.configure` overrides, for the duration of one test."""
+    from mmrecun_ray.storage.settings import configure
     if not s3_server.running:
         s3_server.start()
     for var in _AWS_VARS:
@@ -49,9 +49,9 @@ def s3_env(s3_server: SeaweedS3Server, monkeypatch: pytest.MonkeyPatch) -> Itera
     monkeypatch.setenv("AWS_CONFIG_FILE", os.devnull)
     for var, value in s3_server.env().items():
         monkeypatch.setenv(var, value)
-    uri.configure(None)
+    configure(None)
     yield s3_server
-    uri.configure(None)
+    configure(None)
 
 
 @pytest.fixture

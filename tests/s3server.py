@@ -27,7 +27,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mmrecun_ray.storage.uri import S3Settings, boto3_client
+from mmrecun_ray.storage.s3 import boto3_client
+from mmrecun_ray.storage.settings import S3Settings
 from mmrecun_ray.storage.retry import RetryPolicy
 
 logger = logging.getLogger(__name__)

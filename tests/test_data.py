@@ -4,27 +4,28 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import sys
+import shutil
 import time
-import types
 from datetime import datetime
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 
 from mmrecun_ray.data import writer as writer_mod
-from mmrecun_ray.data.dataset import (apply_forget_filter, load_dataset, read_manifest,
-                                      train_user_items, user_items, verify_files)
+from mmrecun_ray.data.dataset import (features_dataset, features_to_numpy, interactions_dataset,
+                                      load_dataset, read_manifest, user_items, verify_files)
+from mmrecun_ray.data.forget import apply_forget_view, forget_view
+from mmrecun_ray.data.lineage import child_lineage, ledger_uri_for, root_uri, version_hashes
 from mmrecun_ray.data.mmrec_import import prepare_mmrec
 from mmrecun_ray.data.schema import Interactions
 from mmrecun_ray.data.synthetic import SyntheticSpec, generate_synthetic, prepare_synthetic, true_scores
 from mmrecun_ray.data.writer import write_dataset
 from mmrecun_ray.errors import DataError, StorageError
+from mmrecun_ray.storage import join, list_files
+from mmrecun_ray.storage import ledger as ledger_mod
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -114,33 +115,6 @@ def test_train_user_items_hand_computed():
     assert csr.to_scipy().toarray().sum() == 5
 
 
-def test_apply_forget_filter_and_ledger_hook(tmp_path, monkeypatch):
-    out = _published_small(tmp_path)
-    ds = load_dataset(out)
-    # pairs (0,1) train, (1,3) valid, (2,1) test -> keys u*4+i
-    f = apply_forget_filter(ds, np.array([0 * 4 + 1, 1 * 4 + 3, 2 * 4 + 1]))
-    assert (len(f.train), len(f.valid), len(f.test)) == (4, 1, 0)
-    np.testing.assert_array_equal(f.train.item, [0, 2, 3, 0])
-    assert f.manifest.extra["forget_filtered_rows"] == 3
-    assert len(ds.train) == 5  # input untouched
-    assert train_user_items(f).indptr.tolist() == [0, 1, 2, 4]
-
-    ledger = types.ModuleType("mmrecun_ray.storage.ledger")
-    seen: list[str] = []
-
-    def forgotten_pairs(uri: str) -> np.ndarray:
-        seen.append(uri)
-        return np.array([2 * 4 + 3])
-
-    ledger.forgotten_pairs = forgotten_pairs  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "mmrecun_ray.storage.ledger", ledger)
-    import mmrecun_ray.storage as storage_pkg
-    monkeypatch.setattr(storage_pkg, "ledger", ledger, raising=False)
-    ds2 = load_dataset(out)
-    assert seen == [str(out)]
-    assert len(ds2.train) == 4 and not ((ds2.train.user == 2) & (ds2.train.item == 3)).any()
-
-
 # -- publishing guarantees ---------------------------------------------------------------------
 def test_manifest_written_last_and_nothing_visible_before_rename(tmp_path, monkeypatch):
     out = tmp_path / "v"
@@ -174,7 +148,7 @@ def test_folder_without_manifest_is_not_a_version(tmp_path):
 def test_refuses_existing_version_unless_overwrite(tmp_path):
     out = _published_small(tmp_path)
     before = read_manifest(out)
-    with pytest.raises(StorageError, match="already holds a published dataset version"):
+    with pytest.raises(StorageError, match="already holds a published dataset version; pass --overwrite"):
         _write(out, _small())
     d = _small()
     d["test"] = Interactions(np.array([2, 1]), np.array([1, 0]))
@@ -208,55 +182,6 @@ def test_failed_write_leaves_previous_version(tmp_path, monkeypatch):
     after = load_dataset(out)
     assert after.manifest.created_at == before.created_at and after.manifest.files == before.files
     assert sorted(p.name for p in tmp_path.iterdir()) == ["v1"]
-
-
-def test_object_store_path_manifest_last_and_overwrite(tmp_path, monkeypatch):
-    """The object-store branch (S3 semantics: flat keys, no rename) on an in-memory store."""
-    from fsspec.implementations.memory import MemoryFileSystem
-
-    from mmrecun_ray.data import dataset as dataset_mod
-
-    mem = MemoryFileSystem()
-    store = pafs.PyFileSystem(pafs.FSSpecHandler(mem))
-    root = f"bucket-{tmp_path.name}/ds/v"
-    for mod in (writer_mod, dataset_mod):
-        monkeypatch.setattr(mod, "resolve", lambda uri: (store, root))
-    # the in-memory store has no ledger; keep the real one from reaching for AWS
-    import mmrecun_ray.storage.ledger as ledger_mod
-    monkeypatch.setattr(ledger_mod, "forgotten_pairs", lambda *a, **k: np.zeros(0, dtype=np.int64))
-    order: list[str] = []
-    real_parquet, real_manifest = writer_mod._write_parquet, writer_mod._write_manifest
-    monkeypatch.setattr(writer_mod, "_write_parquet",
-                        lambda fs, path, *a, **k: order.append(path) or real_parquet(fs, path, *a, **k))
-    monkeypatch.setattr(writer_mod, "_write_manifest",
-                        lambda fs, r, m: order.append("MANIFEST") or real_manifest(fs, r, m))
-    uri = "s3://bucket/ds/v"
-    try:
-        tiny = generate_synthetic("tiny", 1)
-        _write(uri, tiny, rows_per_file=2000)
-        assert order[-1] == "MANIFEST" and len(order) == 3 + 2 + 1
-        assert len(load_dataset(uri).train) == len(tiny["train"])
-        with pytest.raises(StorageError, match="already holds a published dataset version"):
-            _write(uri, tiny)
-        # overwrite with fewer part files: stale part-00001/2 are removed after publishing
-        _write(uri, tiny, overwrite=True)
-        keys = sorted(k.split("/ds/v/")[1] for k in mem.find(root))
-        assert keys == ["features/image.parquet", "features/text.parquet",
-                        "interactions/part-00000.parquet", "manifest.json"]
-        assert len(load_dataset(uri).test) == len(tiny["test"])
-
-        # failure mid-write: the old manifest was removed first, so no half version is visible
-        def broken(*a, **k):
-            raise OSError("connection reset")
-
-        monkeypatch.setattr(writer_mod, "_write_parquet", broken)
-        with pytest.raises(StorageError, match="version not published.*connection reset"):
-            _write(uri, tiny, overwrite=True)
-        with pytest.raises(DataError, match="not a published dataset version"):
-            load_dataset(uri)
-    finally:
-        if mem.exists(root.split("/")[0]):
-            mem.rm(root.split("/")[0], recursive=True)
 
 
 # -- validation: writer inputs -----------------------------------------------------------------
@@ -503,27 +428,219 @@ def test_import_baby(tmp_path):
 
 
 # -- Ray Data ------------------------------------------------------------------------------------
-def test_ray_datasets_match_numpy(tmp_path, monkeypatch):
-    ray = pytest.importorskip("ray")
-    from mmrecun_ray.data.dataset import features_dataset, features_to_numpy, interactions_dataset
-
+def test_ray_datasets_match_numpy(tmp_path, ray_session):
     out = tmp_path / "tiny"
     prepare_synthetic("tiny", 2, out)
     ds = load_dataset(out)
-    monkeypatch.setenv("RAY_AUTH_MODE", os.environ.get("RAY_AUTH_MODE", "disabled"))
-    started = not ray.is_initialized()
-    if started:
-        ray.init(address="local", num_cpus=2, object_store_memory=200 * 1024 ** 2,
-                 include_dashboard=False, log_to_driver=False)
-    try:
-        rows = interactions_dataset(out, "valid").to_pandas()
-        assert list(rows.columns) == ["user_id", "item_id"]
-        got = np.sort(rows["user_id"].to_numpy(np.int64) * 200 + rows["item_id"].to_numpy(np.int64))
-        np.testing.assert_array_equal(got, np.sort(ds.valid.keys(200)))
-        feats = features_to_numpy(features_dataset(out, "text"), 200, 32)
-        np.testing.assert_array_equal(feats, ds.features["text"])
-        with pytest.raises(DataError, match="no modality 'audio'"):
-            features_dataset(out, "audio")
-    finally:
-        if started:
-            ray.shutdown()
+    rows = interactions_dataset(out, "valid").to_pandas()
+    assert list(rows.columns) == ["user_id", "item_id"]
+    got = np.sort(rows["user_id"].to_numpy(np.int64) * 200 + rows["item_id"].to_numpy(np.int64))
+    np.testing.assert_array_equal(got, np.sort(ds.valid.keys(200)))
+    feats = features_to_numpy(features_dataset(out, "text"), 200, 32)
+    np.testing.assert_array_equal(feats, ds.features["text"])
+    with pytest.raises(DataError, match="no modality 'audio'"):
+        features_dataset(out, "audio")
+
+
+# -- forget view: the real ledger, lineage, every reader ------------------------------------------
+# _small(): train (0,1) (0,0) (1,2) (2,3) (2,0) | valid (0,2) (1,3) | test (2,1); 3 users, 4 items
+def _rows(ds, split: str) -> list[tuple[int, int]]:
+    x = ds.split(split)
+    return sorted(zip(x.user.tolist(), x.item.tolist()))
+
+
+def _stream_rows(uri, split: str) -> list[tuple[int, int]]:
+    return sorted((int(r["user_id"]), int(r["item_id"])) for r in interactions_dataset(uri, split).take_all())
+
+
+def _record(uri, rid: str, kind: str, rows=(), users=(), banned=(), dropped=None) -> dict:
+    """Record a request against ``uri`` (in its lineage's ledger); ``rows`` are
+    ``(user, item, split code)``."""
+    m = read_manifest(uri)
+    return ledger_mod.record_request(
+        ledger_uri_for(uri), request_id=rid, kind=kind, request={"kind": kind},
+        pairs=np.asarray(list(rows), dtype=np.int64).reshape(-1, 3), users=list(users),
+        banned_items=list(banned), dropped_features=dropped or {}, n_users=m.n_users,
+        n_items=m.n_items, data_uri=str(uri), data_hash=m.content_hash())
+
+
+def test_users_request_hides_every_split_in_load_and_stream(tmp_path, ray_session):
+    out = _published_small(tmp_path)
+    # user 0's rows of all splits, and user 1's valid row given only by pair: (1,3) split 1
+    _record(out, "u0", "users", rows=[(0, 1, 0), (0, 0, 0), (0, 2, 1)], users=[0])
+    _record(out, "p13", "interactions", rows=[(1, 3, 1)])
+    ds = load_dataset(out)
+    assert _rows(ds, "train") == [(1, 2), (2, 0), (2, 3)]
+    assert _rows(ds, "valid") == [] and _rows(ds, "test") == [(2, 1)]
+    assert ds.manifest.extra["forget_filtered_rows"] == 4
+    assert ds.honoured == {"u0", "p13"}
+    assert user_items(ds.train, 3, 4).indptr.tolist() == [0, 0, 1, 3]
+    # the Ray Data streams drop exactly the same rows
+    assert [_stream_rows(out, s) for s in ("train", "valid", "test")] == \
+        [[(1, 2), (2, 0), (2, 3)], [], [(2, 1)]]
+    # the users list alone hides a user's rows even where no pair was recorded
+    _record(out, "u2", "users", rows=[(2, 3, 0)], users=[2])
+    again = load_dataset(out)
+    assert _rows(again, "train") == [(1, 2)] and _rows(again, "test") == []
+    assert _stream_rows(out, "test") == []
+
+
+def test_items_and_modality_requests_withdraw_features(tmp_path, ray_session):
+    d = _small()
+    d["features"]["image"] = np.arange(12, dtype=np.float32).reshape(4, 3) + 1
+    out = tmp_path / "v"
+    _write(out, d)
+    _record(out, "i3", "items", rows=[(2, 3, 0), (1, 3, 1)], banned=[3], dropped={"text": [3], "image": [3]})
+    ds = load_dataset(out)
+    assert (len(ds.train), len(ds.valid), len(ds.test)) == (4, 1, 1)
+    assert 3 not in ds.train.item and 3 not in ds.valid.item
+    np.testing.assert_array_equal(ds.features["text"], [[0, 1], [2, 3], [4, 5], [0, 0]])
+    np.testing.assert_array_equal(ds.features["image"][3], [0, 0, 0])
+    np.testing.assert_array_equal(ds.features["image"][:3], d["features"]["image"][:3])
+    np.testing.assert_array_equal(features_to_numpy(features_dataset(out, "text"), 4, 2),
+                                  [[0, 1], [2, 3], [4, 5], [0, 0]])
+    # a modality request: feature rows of item 1 dropped in 'image', then 'text' withdrawn whole
+    _record(out, "m-image-1", "modality", dropped={"image": [1]})
+    _record(out, "m-text", "modality", dropped={"text": "all"})
+    ds = load_dataset(out)
+    assert sorted(ds.features) == ["image"] and (len(ds.train), len(ds.valid)) == (4, 1)
+    np.testing.assert_array_equal(ds.features["image"].sum(axis=1), [6, 0, 24, 0])
+    np.testing.assert_array_equal(features_to_numpy(features_dataset(out, "image"), 4, 3).sum(axis=1),
+                                  [6, 0, 24, 0])
+    with pytest.raises(DataError, match="modality 'text' was withdrawn"):
+        features_dataset(out, "text")
+    # the view without the modality requests brings the features back (for resolving them)
+    back = load_dataset(out, exclude_requests={"m-text", "m-image-1"})
+    assert sorted(back.features) == ["image", "text"] and back.honoured == {"i3"}
+    np.testing.assert_array_equal(back.features["image"].sum(axis=1), [6, 15, 24, 0])
+
+
+def test_forget_view_hand_computed_and_exclude(tmp_path):
+    out = _published_small(tmp_path)
+    assert forget_view(out).request_ids == frozenset() and forget_view(out).keys.size == 0
+    _record(out, "a", "interactions", rows=[(0, 1, 0), (2, 1, 2)])
+    _record(out, "b", "users", rows=[(1, 2, 0), (1, 3, 1)], users=[1])
+    _record(out, "c", "items", banned=[0], dropped={"text": [0]})
+    v = forget_view(out)
+    assert v.keys.tolist() == [1, 6, 7, 9]  # u*4+i: (0,1) (1,2) (1,3) (2,1)
+    assert v.users.tolist() == [1] and v.banned_items.tolist() == [0]
+    assert v.request_ids == {"a", "b", "c"} and v.dropped_features["text"].tolist() == [0]
+    w = forget_view(out, exclude={"b"})
+    assert w.keys.tolist() == [1, 9] and w.users.size == 0 and w.request_ids == {"a", "c"}
+    # a re-run of a request id is not a second entry
+    assert _record(out, "a", "interactions", rows=[(0, 0, 0)])["seq"] == 0
+    assert len(ledger_mod.read_entries(ledger_uri_for(out))) == 3
+    # apply_forget_view leaves its input alone
+    ds = load_dataset(out, exclude_requests={"a", "b", "c"})
+    f = apply_forget_view(ds, w)
+    assert (len(ds.train), len(f.train), len(f.test)) == (5, 2, 0)  # left: (1,2) (2,3)
+    assert ds.features["text"][0].tolist() == [0, 1] and f.features["text"][0].tolist() == [0, 0]
+    # an entry recorded for another id space is refused, naming the entry
+    ledger_mod.record_request(ledger_uri_for(out), request_id="alien", kind="interactions",
+                              request={}, pairs=np.array([[0, 5, 0]]), users=[], banned_items=[],
+                              dropped_features={}, n_users=3, n_items=9, data_uri="elsewhere",
+                              data_hash="x")
+    with pytest.raises(DataError, match=r"00000003\.json: recorded for n_items=9, dataset has n_items=4"):
+        load_dataset(out)
+
+
+def _descendant(parent, out, request_id: str, hide) -> None:
+    """Publish ``parent``'s data minus the rows ``hide(user, item)`` marks, as its child."""
+    ds = load_dataset(parent)
+    keep = {s: ~hide(ds.split(s).user, ds.split(s).item) for s in ("train", "valid", "test")}
+    parts = {s: Interactions(ds.split(s).user[k], ds.split(s).item[k]) for s, k in keep.items()}
+    write_dataset(out, name="child", n_users=ds.n_users, n_items=ds.n_items, features=ds.features,
+                  source=f"forget:{parent}", lineage=child_lineage(parent, ds.manifest, request_id),
+                  **parts)
+
+
+def test_chained_requests_all_land_in_the_root_ledger(tmp_path):
+    root = _published_small(tmp_path)
+    d = _small()
+    d["test"] = Interactions(np.array([2, 1]), np.array([1, 0]))  # so that B leaves a test row
+    _write(root, d, overwrite=True)
+    _record(root, "A", "interactions", rows=[(0, 1, 0)])
+    child = tmp_path / "out1" / "retain_data"
+    _descendant(root, child, "A", lambda u, i: (u == 0) & (i == 1))
+    cm = read_manifest(child)
+    assert cm.root == str(root) and cm.requests == ["A"] and cm.parent == str(root)
+    assert cm.ancestors == [read_manifest(root).content_hash()] and cm.forget_request == "A"
+    assert root_uri(child) == str(root) and ledger_uri_for(child) == join(root, "ledger")
+    # request B resolved on the child lands in the ROOT's ledger
+    _record(child, "B", "users", rows=[(2, 3, 0), (2, 0, 0), (2, 1, 2)], users=[2])
+    assert [e["id"] for e in ledger_mod.read_entries(join(root, "ledger"))] == ["A", "B"]
+    assert not (child / "ledger").exists()
+    r = load_dataset(root)
+    assert _rows(r, "train") == [(0, 0), (1, 2)] and _rows(r, "test") == [(1, 0)]
+    assert r.honoured == {"A", "B"}
+    c = load_dataset(child)
+    assert _rows(c, "train") == [(0, 0), (1, 2)] and _rows(c, "valid") == [(0, 2), (1, 3)]
+    assert c.honoured == {"A", "B"}
+    # a grandchild keeps the root and the whole chain
+    grand = tmp_path / "out2" / "retain_data"
+    _descendant(child, grand, "B", lambda u, i: u == 2)
+    gm = read_manifest(grand)
+    assert gm.root == str(root) and gm.requests == ["A", "B"]
+    assert gm.ancestors == version_hashes(cm) == [cm.ancestors[0], cm.content_hash()]
+    assert load_dataset(grand).honoured == {"A", "B"} and len(load_dataset(grand).train) == 2
+    # without its root a descendant is refused, naming the root
+    shutil.move(root, tmp_path / "moved")
+    for call in (load_dataset, forget_view, ledger_uri_for, lambda u: interactions_dataset(u, "train")):
+        with pytest.raises(DataError, match=f"lineage root {root} cannot be read"):
+            call(child)
+
+
+def test_ledger_survives_writer_overwrite_local(tmp_path):
+    out = _published_small(tmp_path)
+    _record(out, "u0", "users", rows=[(0, 1, 0), (0, 0, 0), (0, 2, 1)], users=[0])
+    files = list_files(join(out, "ledger"))
+    d = _small()
+    d["test"] = Interactions(np.array([2, 0]), np.array([1, 3]))  # new data, one more row of user 0
+    m = _write(out, d, overwrite=True)
+    assert m.counts["test"] == 2 and list_files(join(out, "ledger")) == files
+    ds = load_dataset(out)
+    assert (len(ds.train), len(ds.valid), len(ds.test)) == (3, 1, 1) and _rows(ds, "test") == [(2, 1)]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["v1"]  # no old/temp folder left
+
+
+def test_object_store_writer_manifest_last_overwrite_keeps_ledger(s3_env, s3_prefix, monkeypatch):
+    """The object-store branch on a real SeaweedFS: manifest last, stale parts cleaned up on
+    overwrite, the ledger kept; a failed rewrite leaves no version visible."""
+    uri = join(s3_prefix, "v")
+    order: list[str] = []
+    real_parquet, real_manifest = writer_mod._write_parquet, writer_mod._write_manifest
+    monkeypatch.setattr(writer_mod, "_write_parquet",
+                        lambda fs, path, *a, **k: order.append(path) or real_parquet(fs, path, *a, **k))
+    monkeypatch.setattr(writer_mod, "_write_manifest",
+                        lambda fs, r, m: order.append("MANIFEST") or real_manifest(fs, r, m))
+    tiny = generate_synthetic("tiny", 1)
+    _write(uri, tiny, rows_per_file=2000)
+    assert order[-1] == "MANIFEST" and len(order) == 3 + 2 + 1
+    with pytest.raises(StorageError, match="already holds a published dataset version"):
+        _write(uri, tiny)
+    ds = load_dataset(uri)
+    users = [0, 1, 2]
+    rows = [(u, i, k) for k, s in enumerate(("train", "valid", "test"))
+            for u, i in zip(ds.split(s).user.tolist(), ds.split(s).item.tolist()) if u in users]
+    _record(uri, "u012", "users", rows=rows, users=users)
+    ledger_files = list_files(join(uri, "ledger"))
+    _write(uri, tiny, overwrite=True)  # one part file now: part-00001/2 are stale
+    keys = list_files(uri)
+    assert keys == sorted(["features/image.parquet", "features/text.parquet",
+                           "interactions/part-00000.parquet", "manifest.json",
+                           *[f"ledger/{f}" for f in ledger_files]])
+    again = load_dataset(uri)
+    n_rows = sum(len(tiny[s]) for s in ("train", "valid", "test"))
+    hidden = sum(np.isin(tiny[s].user, users).sum() for s in ("train", "valid", "test"))
+    assert hidden == len(rows) > 0
+    assert sum(len(again.split(s)) for s in ("train", "valid", "test")) == n_rows - hidden
+    assert not np.isin(again.test.user, users).any()
+
+    def broken(*a, **k):
+        raise OSError("connection reset")
+    monkeypatch.setattr(writer_mod, "_write_parquet", broken)
+    with pytest.raises(StorageError, match="version not published.*connection reset"):
+        _write(uri, tiny, overwrite=True)
+    with pytest.raises(DataError, match="not a published dataset version"):
+        load_dataset(uri)
+    assert list_files(join(uri, "ledger")) == ledger_files

@@ -11,7 +11,6 @@ import socket
 import threading
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -300,7 +299,7 @@ def _check_ledger(ledger_uri: str, settings: su.S3Settings | None, n: int) -> No
         assert mine == list(range(n))
     for e in entries:
         w, k = map(int, e["id"][1:].split("-"))
-        np.testing.assert_array_equal(ledger.read_pairs(ledger_uri, e, settings), [[w, k]])
+        np.testing.assert_array_equal(ledger.entry_pairs(ledger_uri, e, settings), [[w, k, 0]])
 
 
 def test_ledger_concurrent_appends_local_and_s3(tmp_path: Path, s3_server, s3_prefix: str) -> None:
@@ -325,46 +324,45 @@ def test_ledger_concurrent_appends_local_and_s3(tmp_path: Path, s3_server, s3_pr
     assert not [p for p in os.listdir(tmp_path / "ledger") if p.startswith(".")]  # no temp files
 
 
-def _tiny_manifest(root: str, n_items: int) -> None:
-    su.write_json_atomic(su.join(root, "manifest.json"), {"name": "t", "n_users": 5, "n_items": n_items})
-
-
-def test_ledger_forgotten_pairs_hand_computed(tmp_path: Path) -> None:
-    data = str(tmp_path / "v1")
-    _tiny_manifest(data, n_items=10)
-    lu = ledger.ledger_uri_for(data)
-    assert ledger.read_entries(lu) == [] and ledger.forgotten_pairs(data).tolist() == []
+def test_ledger_entries_and_pairs_hand_computed(tmp_path: Path) -> None:
+    lu = str(tmp_path / "v1" / "ledger")
+    assert ledger.read_entries(lu) == [] and ledger.find_entry(lu, "r0") is None
     e0 = ledger.append_entry(lu, {"id": "r0", "kind": "interactions"}, [[1, 2], [3, 4], [1, 2]])
-    e1 = ledger.append_entry(lu, {"id": "r1", "kind": "users"}, np.array([[1, 2], [0, 9]]))
+    e1 = ledger.append_entry(lu, {"id": "r1", "kind": "users"},
+                             np.array([[1, 2, 0], [0, 9, 2], [0, 9, 1], [0, 9, 2]]))
     e2 = ledger.append_entry(lu, {"id": "r2", "kind": "modality", "modality": "image"})
     assert (e0["seq"], e1["seq"], e2["seq"]) == (0, 1, 2)
-    assert e0["counts"] == {"pairs": 2, "users": 2, "items": 2} and e0["status"] == "committed"
-    assert e2["pairs_file"] is None and e2["counts"]["pairs"] == 0
-    # keys u * 10 + i: (1,2)->12, (3,4)->34, (0,9)->9
-    assert ledger.forgotten_pairs(data).tolist() == [9, 12, 34]
-    assert ledger.forgotten_pairs(data, n_items=100).tolist() == [9, 102, 304]
+    # (N, 2) pairs are train rows; duplicates collapse
+    assert e0["counts"] == {"pairs": 2, "users": 2, "items": 2, "train": 2, "valid": 0, "test": 0}
+    assert e1["counts"] == {"pairs": 3, "users": 2, "items": 2, "train": 1, "valid": 1, "test": 1}
+    assert e0["status"] == "committed" and e2["pairs_file"] is None and e2["counts"]["pairs"] == 0
+    np.testing.assert_array_equal(ledger.entry_pairs(lu, e0), [[1, 2, 0], [3, 4, 0]])
+    np.testing.assert_array_equal(ledger.entry_pairs(lu, e1), [[0, 9, 1], [0, 9, 2], [1, 2, 0]])
+    assert ledger.entry_pairs(lu, e2).shape == (0, 3)
     assert [e["id"] for e in ledger.read_entries(lu)] == ["r0", "r1", "r2"]
+    assert ledger.find_entry(lu, "r1")["seq"] == 1
     # the pairs file is written before the entry and named by its content
     assert su.list_files(lu) == sorted(["00000000.json", "00000001.json", "00000002.json",
                                         e0["pairs_file"], e1["pairs_file"]])
     assert ledger.append_entry(lu, {"id": "r1"}, [[4, 4]], dedupe=True)["seq"] == 1
-    with pytest.raises(DataError, match="n_items=10"):
-        ledger.forgotten_pairs(data, n_items=10, ledger_uri=_ledger_with(tmp_path, [[0, 10]]))
+    assert len(ledger.read_entries(lu)) == 3
     with pytest.raises(DataError, match="set by the ledger"):
         ledger.append_entry(lu, {"seq": 7})
-    with pytest.raises(DataError, match=r"\(N, 2\)"):
+    with pytest.raises(DataError, match=r"\(N, 3\)"):
         ledger.append_entry(lu, {}, [1, 2, 3])
+    with pytest.raises(DataError, match="split code 3 is not"):
+        ledger.append_entry(lu, {}, [[1, 2, 3]])
+    # a pairs file of an older ledger (no split column) reads as train rows
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    buf = pa.BufferOutputStream()
+    pq.write_table(pa.table({"user_id": pa.array([5, 6], pa.int64()), "item_id": pa.array([1, 0], pa.int64())}), buf)
+    np.testing.assert_array_equal(ledger.decode_pairs(buf.getvalue().to_pybytes(), "old"), [[5, 1, 0], [6, 0, 0]])
     # a changed pairs file is caught by its hash
     pfile = Path(lu) / e1["pairs_file"]
     pfile.write_bytes(ledger.encode_pairs(np.array([[0, 1]])))
     with pytest.raises(DataError, match="sha256"):
-        ledger.forgotten_pairs(data)
-
-
-def _ledger_with(tmp_path: Path, pairs: list) -> str:
-    lu = str(tmp_path / "other-ledger")
-    ledger.append_entry(lu, {}, pairs)
-    return lu
+        ledger.entry_pairs(lu, e1)
 
 
 def test_ledger_lost_response_is_not_appended_twice(s3_env, s3_prefix: str) -> None:
@@ -397,35 +395,48 @@ def test_ledger_lost_response_is_not_appended_twice(s3_env, s3_prefix: str) -> N
     assert [e["id"] for e in ledger.read_entries(lu)] == ["before", "lost-response"]
 
 
-def test_record_request_and_load_dataset_hides_forgotten_pairs(s3_env, s3_prefix: str, tmp_path: Path) -> None:
+def _request(dest: str, rid: str, users: list[int], **kw) -> dict:
+    """Record a ``users`` request covering all rows of ``users`` in ``_publish_small`` data."""
+    from mmrecun_ray.data.lineage import ledger_uri_for
+    rows = [(u, i, k) for k, split in enumerate(_SMALL_SPLITS) for u, i in split if u in users]
+    args = dict(request_id=rid, kind="users", request={"kind": "users", "users": users},
+                pairs=np.array(rows, np.int64).reshape(-1, 3), users=users, banned_items=[],
+                dropped_features={}, n_users=3, n_items=4, data_uri=dest, data_hash="h")
+    args.update(kw)
+    return ledger.record_request(ledger_uri_for(dest), **args)
+
+
+def test_record_request_on_s3_is_idempotent_and_hides_every_split(s3_env, s3_prefix: str,
+                                                                  tmp_path: Path) -> None:
     from mmrecun_ray.data.dataset import load_dataset
-    from mmrecun_ray.unlearning.requests import ForgetRequest, ForgetSet
     src = _publish_small(tmp_path / "v1")
     dest = su.join(s3_prefix, "v1")
     upload.upload_dir(src, dest)
+    assert [len(load_dataset(dest).split(s)) for s in ("train", "valid", "test")] == [6, 1, 1]
+    entry = _request(dest, "forget-u0", [0])
+    assert entry["counts"] == {"pairs": 3, "users": 1, "items": 3, "train": 2, "valid": 1, "test": 0}
+    assert (entry["n_items"], entry["users"], entry["data_uri"]) == (4, [0], dest)
+    assert _request(dest, "forget-u0", [0, 1])["seq"] == entry["seq"]  # a re-run: same entry
+    assert len(ledger.read_entries(su.join(dest, "ledger"))) == 1
     ds = load_dataset(dest)
-    assert len(ds.train) == 6
-    req = ForgetRequest(kind="interactions", pairs=[(0, 1), (2, 3)])
-    fset = ForgetSet(request=req, forget=SimpleNamespace(user=np.array([0, 2]), item=np.array([1, 3])),
-                     retain=SimpleNamespace(n_users=ds.n_users, n_items=ds.n_items),
-                     banned_items=np.array([], np.int64), dropped_features={})
-    entry = ledger.record_request(ledger.ledger_uri_for(dest), fset)
-    assert entry["id"] == req.request_id() and entry["counts"]["pairs"] == 2 and entry["n_items"] == 4
-    assert ledger.record_request(ledger.ledger_uri_for(dest), fset)["seq"] == entry["seq"]  # idempotent
-    assert ledger.forgotten_pairs(dest).tolist() == [0 * 4 + 1, 2 * 4 + 3]
-    ds2 = load_dataset(dest)
-    kept = set(zip(ds2.train.user.tolist(), ds2.train.item.tolist()))
-    assert len(ds2.train) == 4 and not kept & {(0, 1), (2, 3)}
+    assert [len(ds.split(s)) for s in ("train", "valid", "test")] == [4, 0, 1]
+    assert ds.honoured == {"forget-u0"} and 0 not in ds.train.user
+    with pytest.raises(DataError, match=r"forget request bad: user id 3 outside 0\.\.2"):
+        _request(dest, "bad", [0], banned_items=[1], n_users=3, pairs=np.array([[3, 1, 0]]))
+    with pytest.raises(DataError, match=r"forget request bad: dropped_features\['text'\] must be"):
+        _request(dest, "bad", [0], dropped_features={"text": "some"})
 
 
 # -- publishing -----------------------------------------------------------------------------------
+_SMALL_SPLITS = ([(0, 0), (0, 1), (1, 2), (2, 3), (2, 0), (1, 3)], [(0, 2)], [(1, 0)])
+
+
 def _publish_small(out: Path, feature_rows: int = 4, dim: int = 8) -> Path:
+    """3 users, 4 items (or ``feature_rows``), splits :data:`_SMALL_SPLITS`, one modality."""
     from mmrecun_ray.data.schema import Interactions
     from mmrecun_ray.data.writer import write_dataset
     n_items = max(4, feature_rows)
-    tr = Interactions(np.array([0, 0, 1, 2, 2, 1]), np.array([0, 1, 2, 3, 0, 3]))
-    va = Interactions(np.array([0]), np.array([2]))
-    te = Interactions(np.array([1]), np.array([0]))
+    tr, va, te = (Interactions(np.array([u for u, _ in x]), np.array([i for _, i in x])) for x in _SMALL_SPLITS)
     feats = {"text": np.random.default_rng(0).standard_normal((n_items, dim)).astype(np.float32)}
     write_dataset(out, name="small", n_users=3, n_items=n_items, train=tr, valid=va, test=te,
                   features=feats, source="test")
@@ -495,3 +506,34 @@ def test_upload_dir_to_local_folder(tmp_path: Path) -> None:
     assert upload.upload_dir(src, str(tmp_path / "copy")) == 3
     assert sorted(p.name for p in (tmp_path / "copy").rglob("*") if p.is_file()) == \
         ["manifest.json", "part-00000.parquet", "text.parquet"]
+
+
+def test_upload_overwrite_keeps_the_ledger_and_carries_the_sources(tmp_path: Path, s3_env,
+                                                                   s3_prefix: str) -> None:
+    """``upload --overwrite`` local->local and local->S3: the destination's ledger stays, the
+    source's entries are appended to it, and the forgotten rows stay hidden on reload."""
+    from mmrecun_ray.cli import main
+    from mmrecun_ray.data.dataset import load_dataset
+    src = _publish_small(tmp_path / "src")
+    for dest in (str(tmp_path / "copy"), su.join(s3_prefix, "copy")):
+        assert main(["upload", "--src", str(src), "--dest", dest]) == 0
+        _request(dest, "dest-u2", [2])  # recorded at the destination only
+        dest_files = su.list_files(su.join(dest, "ledger"))
+        assert main(["upload", "--src", str(src), "--dest", dest, "--overwrite"]) == 0
+        assert su.list_files(su.join(dest, "ledger")) == dest_files
+        assert [len(load_dataset(dest).split(s)) for s in ("train", "valid", "test")] == [4, 1, 1]
+    # the source has a ledger entry of its own: it is carried, before anything is removed
+    _request(str(src), "src-u1", [1])
+    for dest in (str(tmp_path / "copy"), su.join(s3_prefix, "copy")):
+        rep = upload.upload_dir_report(src, dest, overwrite=True)
+        assert rep.ledger_carried == ("src-u1",) and rep.files == 3
+        entries = ledger.read_entries(su.join(dest, "ledger"))
+        assert [e["id"] for e in entries] == ["dest-u2", "src-u1"]
+        assert entries[1]["carried_from"] == str(src / "ledger")
+        np.testing.assert_array_equal(ledger.entry_pairs(su.join(dest, "ledger"), entries[1]),
+                                      [[1, 0, 2], [1, 2, 0], [1, 3, 0]])
+        ds = load_dataset(dest)
+        assert [len(ds.split(s)) for s in ("train", "valid", "test")] == [2, 1, 0]
+        assert ds.honoured == {"dest-u2", "src-u1"}
+        assert upload.upload_dir_report(src, dest, overwrite=True).ledger_carried == ()  # once only
+    assert not su.exists(su.join(s3_prefix, "copy", "ledger", "00000002.json"))

@@ -3,15 +3,20 @@
 Readers trust only what ``manifest.json`` lists: the files it names (never a directory
 listing), their sha256 digests, counts and dimensions. A folder without a manifest is not a
 published version and is refused.
+
+Every reader here applies the lineage's forget ledger (:mod:`mmrecun_ray.data.forget`):
+forgotten pairs, all rows of forgotten users and withdrawn items are gone from every split,
+withdrawn feature rows are zero and withdrawn modalities absent, in :func:`load_dataset` and
+in the Ray Data streams alike.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import logging
 import posixpath
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -22,74 +27,23 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from mmrecun_ray.data import validate as V
+from mmrecun_ray.data.forget import apply_forget_view, drop_hidden_rows, forget_view, zero_feature_rows
+from mmrecun_ray.data.manifest import read_manifest, read_version_file
 from mmrecun_ray.data.schema import (EMBEDDING_COL, FEATURES_DIR, INTERACTIONS_DIR, ITEM_COL, MANIFEST,
-                                     SCHEMA_VERSION, SPLIT_COL, SPLITS, USER_COL, Interactions,
-                                     Manifest, RecDataset)
-from mmrecun_ray.errors import ConfigError, DataError, StorageError
-from mmrecun_ray.storage.uri import is_s3, join, resolve, s3_call
+                                     SPLIT_COL, SPLITS, USER_COL, Interactions, Manifest, RecDataset)
+from mmrecun_ray.errors import ConfigError, DataError
+from mmrecun_ray.storage.uri import join, resolve
 
 if TYPE_CHECKING:  # pragma: no cover
     import ray.data
 
 log = logging.getLogger(__name__)
 
-_REQUIRED_MANIFEST_KEYS = ("name", "n_users", "n_items", "counts", "modalities", "files")
+__all__ = ["UserItemCSR", "features_dataset", "features_to_numpy", "interactions_dataset",
+           "load_dataset", "read_manifest", "train_user_items", "user_items", "verify_files"]
 
 
 # -- manifest ---------------------------------------------------------------------------------
-def _read_file(fs: pafs.FileSystem, root: str, uri: str | Path, rel: str) -> bytes:
-    """Whole file ``rel`` of the version at ``uri`` (``fs``, ``root`` from :func:`resolve`).
-
-    On S3 the read gets the storage layer's bounded retries and errors naming endpoint,
-    bucket and key (:func:`~mmrecun_ray.storage.uri.s3_call`), so an unreachable object store
-    is a :class:`~mmrecun_ray.errors.StorageError`, not a raw ``OSError``.
-
-    Raises:
-        FileNotFoundError: no such file (or no such bucket: not probed, to save a request).
-    """
-    path = posixpath.join(root, rel)
-
-    def read() -> bytes:
-        with fs.open_input_stream(path) as f:
-            return f.read()
-    if not is_s3(uri):
-        return read()
-    try:
-        return s3_call("read", join(uri, rel), read)
-    except StorageError as e:
-        if getattr(e, "reason", None) == "not_found":
-            raise FileNotFoundError(path) from e
-        raise
-
-
-def read_manifest(uri: str | Path) -> Manifest:
-    """Read ``<uri>/manifest.json``.
-
-    Raises:
-        DataError: no manifest ("not a published dataset version"), unreadable JSON, missing
-            keys, or a newer schema version than this code understands.
-    """
-    fs, root = resolve(uri)
-    try:
-        raw = _read_file(fs, root, uri, MANIFEST)
-    except FileNotFoundError:
-        raise DataError(f"{uri}: not a published dataset version (no {MANIFEST})") from None
-    try:
-        d = json.loads(raw.decode())
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise DataError(f"{join(uri, MANIFEST)}: not valid JSON ({e})") from e
-    if not isinstance(d, dict):
-        raise DataError(f"{join(uri, MANIFEST)}: expected a JSON object")
-    missing = [k for k in _REQUIRED_MANIFEST_KEYS if k not in d]
-    if missing:
-        raise DataError(f"{join(uri, MANIFEST)}: missing key(s) {missing}")
-    m = Manifest.from_dict(d)
-    if int(m.schema_version) > SCHEMA_VERSION:
-        raise DataError(f"{join(uri, MANIFEST)}: schema_version {m.schema_version} is newer than "
-                        f"supported ({SCHEMA_VERSION})")
-    return m
-
-
 def _interaction_files(m: Manifest) -> list[str]:
     return sorted(k for k in m.files if k.startswith(INTERACTIONS_DIR + "/"))
 
@@ -105,7 +59,7 @@ def _read_table(fs: pafs.FileSystem, root: str, uri: str, rel: str, expected_sha
                 verify: bool) -> pa.Table:
     """Read one Parquet file named in the manifest, checking its sha256 when ``verify``."""
     try:
-        raw = _read_file(fs, root, uri, rel)
+        raw = read_version_file(fs, root, uri, rel)
     except FileNotFoundError:
         raise DataError(f"{join(uri, rel)}: listed in {MANIFEST} but missing") from None
     if verify:
@@ -228,76 +182,43 @@ def _load_feature(fs: pafs.FileSystem, root: str, uri: str, m: Manifest, modalit
     return _order_features(ids, emb, m.n_items, modality, where)
 
 
-# -- forget filter ----------------------------------------------------------------------------
-def apply_forget_filter(ds: RecDataset, forgotten: np.ndarray) -> RecDataset:
-    """Drop forgotten ``(user, item)`` pairs from every split.
-
-    Args:
-        ds: a loaded dataset.
-        forgotten: ``(F,)`` int64 pair keys ``user * n_items + item``.
-    Returns:
-        A new :class:`RecDataset` (features shared, not copied); ``manifest.extra`` records
-        how many rows were dropped under ``forget_filtered_rows``.
-    """
-    keys = np.unique(np.asarray(forgotten, dtype=np.int64))
-    if keys.size == 0:
-        return ds
-    kept: dict[str, Interactions] = {}
-    dropped = 0
-    for s in SPLITS:
-        x = ds.split(s)
-        mask = ~np.isin(x.keys(ds.n_items), keys, assume_unique=False)
-        dropped += int((~mask).sum())
-        kept[s] = Interactions(x.user[mask], x.item[mask])
-    extra = dict(ds.manifest.extra)
-    extra["forget_filtered_rows"] = dropped
-    manifest = dataclasses.replace(ds.manifest, extra=extra)
-    return dataclasses.replace(ds, train=kept["train"], valid=kept["valid"], test=kept["test"],
-                               manifest=manifest)
-
-
-def ledger_forgotten(uri: str) -> np.ndarray | None:
-    """Pair keys the forget-request ledger says must be hidden for ``uri`` (None: no ledger)."""
-    try:
-        from mmrecun_ray.storage import ledger  # type: ignore[attr-defined]
-    except ImportError:
-        return None
-    fn = getattr(ledger, "forgotten_pairs", None)
-    if fn is None:
-        return None
-    keys = fn(uri)
-    return None if keys is None else np.asarray(keys, dtype=np.int64)
-
-
 # -- public loaders ---------------------------------------------------------------------------
-def load_dataset(uri: str | Path, *, verify_hashes: bool = True) -> RecDataset:
-    """Load a published version into numpy.
+def load_dataset(uri: str | Path, *, verify_hashes: bool = True,
+                 exclude_requests: Collection[str] = ()) -> RecDataset:
+    """Load a published version into numpy, with everything its lineage's ledger forgot hidden.
 
     Args:
         uri: local folder or ``s3://`` prefix of the version.
         verify_hashes: check every file's sha256 against the manifest.
+        exclude_requests: ledger request ids NOT to apply (see
+            :func:`~mmrecun_ray.data.forget.forget_view`).
     Returns:
-        :class:`RecDataset` with int64 splits and ``(n_items, d)`` float32 features; pairs
-        the forget ledger lists (if a ledger is available) are already removed.
+        :class:`RecDataset` with int64 splits and ``(n_items, d)`` float32 features, the
+        forget view applied (:func:`~mmrecun_ray.data.forget.apply_forget_view`);
+        ``honoured`` = the ledger ids applied and the requests of ``manifest.requests``.
     Raises:
-        DataError: not a version, changed/missing/corrupt file, or invalid contents.
+        DataError: not a version, changed/missing/corrupt file, invalid contents, or a
+            descendant whose lineage root cannot be read.
     """
     uri = str(uri)
     m = read_manifest(uri)
+    view = forget_view(uri, exclude_requests, manifest=m)  # before the data: a missing root fails fast
     fs, root = resolve(uri)
     splits = _load_interactions(fs, root, uri, m, verify_hashes)
-    features = {mod: _load_feature(fs, root, uri, m, mod, verify_hashes) for mod in m.modalities}
+    features = {mod: _load_feature(fs, root, uri, m, mod, verify_hashes)
+                for mod in m.modalities if not view.gone(mod)}  # a withdrawn modality is not read
     listed = {k for k in m.files if k.startswith(FEATURES_DIR + "/")}
     unexpected = listed - {f"{FEATURES_DIR}/{mod}.parquet" for mod in m.modalities}
     if unexpected:
         raise DataError(f"{join(uri, MANIFEST)}: feature file(s) {sorted(unexpected)} have no "
                         "entry in 'modalities'")
     ds = RecDataset(n_users=int(m.n_users), n_items=int(m.n_items), train=splits["train"],
-                    valid=splits["valid"], test=splits["test"], features=features, manifest=m, uri=uri)
-    forgotten = ledger_forgotten(uri)
-    if forgotten is not None and forgotten.size:
-        ds = apply_forget_filter(ds, forgotten)
-        log.info("%s: forget ledger removed %d interactions", uri, ds.manifest.extra["forget_filtered_rows"])
+                    valid=splits["valid"], test=splits["test"], features=features, manifest=m, uri=uri,
+                    honoured=frozenset(m.requests))
+    ds = apply_forget_view(ds, view)
+    if "forget_filtered_rows" in ds.manifest.extra:
+        log.info("%s: forget ledger (%d requests) hid %d interactions", uri, len(view.request_ids),
+                 ds.manifest.extra["forget_filtered_rows"])
     return ds
 
 
@@ -362,11 +283,15 @@ def train_user_items(ds: RecDataset) -> UserItemCSR:
 
 
 # -- Ray Data ---------------------------------------------------------------------------------
-def interactions_dataset(uri: str | Path, split: str) -> "ray.data.Dataset":
-    """Ray Data dataset of one split's ``(user_id, item_id)`` int64 rows.
+def interactions_dataset(uri: str | Path, split: str, *,
+                         exclude_requests: Collection[str] = ()) -> "ray.data.Dataset":
+    """Ray Data dataset of one split's ``(user_id, item_id)`` int64 rows, less every row the
+    lineage's forget ledger hides (the same rows :func:`load_dataset` drops).
 
     Reads exactly the interaction files the manifest lists, with the resolved filesystem
-    (local or S3 with the endpoint override). Hashes are not re-checked here: call
+    (local or S3 with the endpoint override); the column projection and the split filter
+    are pushed into the Parquet read, the ledger filter is a ``map_batches`` after it (only
+    when the ledger hides anything). Hashes are not re-checked here: call
     :func:`load_dataset` or :func:`verify_files` when that matters.
     """
     import ray.data
@@ -375,23 +300,41 @@ def interactions_dataset(uri: str | Path, split: str) -> "ray.data.Dataset":
     if split not in SPLITS:
         raise ConfigError(f"unknown split {split!r}; expected one of {list(SPLITS)}")
     m = read_manifest(uri)
+    view = forget_view(uri, exclude_requests, manifest=m)
     fs, root = resolve(uri)
     paths = [posixpath.join(root, rel) for rel in _interaction_files(m)]
     ds = ray.data.read_parquet(paths, filesystem=fs, partitioning=None)
     ds = ds.select_columns([USER_COL, ITEM_COL, SPLIT_COL])  # projection is pushed into the read
-    return ds.filter(expr=col(SPLIT_COL) == split).select_columns([USER_COL, ITEM_COL])
+    ds = ds.filter(expr=col(SPLIT_COL) == split).select_columns([USER_COL, ITEM_COL])
+    if view.hides_rows:
+        ds = ds.map_batches(drop_hidden_rows, fn_kwargs={"view": view}, batch_format="numpy")
+    return ds
 
 
-def features_dataset(uri: str | Path, modality: str) -> "ray.data.Dataset":
-    """Ray Data dataset with columns ``item_id`` and ``embedding`` for one modality."""
+def features_dataset(uri: str | Path, modality: str, *,
+                     exclude_requests: Collection[str] = ()) -> "ray.data.Dataset":
+    """Ray Data dataset with columns ``item_id`` and ``embedding`` for one modality; rows of
+    items the ledger withdrew (banned items, dropped feature ids) are zero.
+
+    Raises:
+        DataError: no such modality, or the ledger withdrew the whole modality.
+    """
     import ray.data
 
     m = read_manifest(uri)
     if modality not in m.modalities:
         raise DataError(f"{uri}: no modality '{modality}' (available: {sorted(m.modalities)})")
+    view = forget_view(uri, exclude_requests, manifest=m)
+    if view.gone(modality):
+        raise DataError(f"{uri}: modality '{modality}' was withdrawn by a forget request in its "
+                        "ledger; it is not available")
     fs, root = resolve(uri)
     path = posixpath.join(root, _feature_file(m, modality, str(uri)))
-    return ray.data.read_parquet([path], filesystem=fs, partitioning=None)
+    ds = ray.data.read_parquet([path], filesystem=fs, partitioning=None)
+    rows = view.zeroed_rows(modality)
+    if rows.size:
+        ds = ds.map_batches(zero_feature_rows, fn_kwargs={"rows": rows}, batch_format="pyarrow")
+    return ds
 
 
 def features_to_numpy(ds: "ray.data.Dataset", n_items: int, dim: int) -> np.ndarray:

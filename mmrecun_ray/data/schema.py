@@ -8,6 +8,9 @@ A dataset version is a folder (local path or ``s3://`` prefix)::
     features/<modality>.parquet       item_id:int64, embedding:fixed_size_list<float32>[d]
                                       (one row per item, every item present)
     manifest.json                     written last; a version without it does not exist
+    ledger/                           forget-request ledger of a lineage root (see
+                                      :mod:`mmrecun_ray.storage.ledger`); not listed in
+                                      the manifest, kept by every overwrite
 
 Ids are dense: users ``0..n_users-1``, items ``0..n_items-1``.
 """
@@ -36,6 +39,12 @@ class Manifest:
 
     ``files`` maps each relative path to its sha256 hex digest; ``parent`` and
     ``forget_request`` link a retain-set version to the version and request it came from.
+
+    Lineage (see :mod:`mmrecun_ray.data.lineage`): ``root`` is the URI of the lineage root,
+    whose ledger every version of the lineage consults (None: this version is a root);
+    ``ancestors`` the content hashes of the versions it descends from, root first, parent
+    last ([] for a root); ``requests`` the forget-request ids physically applied along the
+    chain, oldest first.
     """
 
     name: str
@@ -51,6 +60,9 @@ class Manifest:
     parent: str | None = None
     forget_request: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    root: str | None = None
+    ancestors: list[str] = field(default_factory=list)
+    requests: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -97,6 +109,8 @@ class RecDataset:
         features: modality -> ``(n_items, d)`` float32, row r is item r.
         manifest: the version's manifest.
         uri: where it was loaded from.
+        honoured: ids of the forget requests this view honours (ledger entries applied on
+            load and requests physically applied along the lineage).
     """
 
     n_users: int
@@ -107,6 +121,7 @@ class RecDataset:
     features: dict[str, np.ndarray]
     manifest: Manifest
     uri: str = ""
+    honoured: frozenset[str] = frozenset()
 
     def split(self, name: str) -> Interactions:
         return {"train": self.train, "valid": self.valid, "test": self.test}[name]

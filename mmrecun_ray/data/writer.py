@@ -4,12 +4,18 @@ Publishing is all-or-nothing for readers:
 
 * local folder: every file, manifest included, goes into a hidden temporary sibling folder
   which is then renamed into place. With ``overwrite=True`` the old folder is first renamed
-  aside, the new one renamed in, and the old one deleted, so a reader sees the old version,
-  briefly no version, or the new version, never a mix.
+  aside, its ``ledger/`` moved into the new folder, the new one renamed in, and the old one
+  deleted, so a reader sees the old version, briefly no version, or the new version (with
+  the same ledger), never a mix.
 * ``s3://`` prefix: data files first, ``manifest.json`` last (a single PUT). A prefix without
   a manifest is not a version. With ``overwrite=True`` the old manifest is deleted first, so
   during the rewrite the version simply does not exist; stale files of the old version that
-  the new one does not list are deleted after the new manifest is in place.
+  the new one does not list are deleted after the new manifest is in place, except
+  ``ledger/``, which no overwrite touches.
+
+Overwriting a version is for replacing its data; the forget requests recorded in its ledger
+keep applying to whatever is published there. Overwriting a version concurrently with
+recording a request against it is not supported.
 
 Inputs are validated before anything is written (:mod:`mmrecun_ray.data.validate`).
 """
@@ -33,10 +39,12 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from mmrecun_ray.data import validate as V
+from mmrecun_ray.data.lineage import Lineage
 from mmrecun_ray.data.schema import (EMBEDDING_COL, FEATURES_DIR, INTERACTIONS_DIR, ITEM_COL, MANIFEST,
                                      SPLIT_COL, SPLITS, USER_COL, Interactions, Manifest)
 from mmrecun_ray.errors import DataError, StorageError
-from mmrecun_ray.storage.uri import resolve
+from mmrecun_ray.storage.ledger import LEDGER_DIR
+from mmrecun_ray.storage.uri import delete_tree, resolve
 
 log = logging.getLogger(__name__)
 
@@ -223,7 +231,8 @@ def _local_target_state(target: Path) -> str:
 
 def _refuse(uri: str, state: str) -> None:
     what = "a published dataset version" if state == "version" else "existing files (no manifest)"
-    raise StorageError(f"{uri}: already holds {what}; pass overwrite=True to replace it")
+    raise StorageError(f"{uri}: already holds {what}; pass --overwrite to replace it "
+                       "(overwrite=True from Python; its forget ledger is kept)")
 
 
 def _publish_local(target: Path, uri: str, overwrite: bool, table: pa.Table, rows_per_file: int,
@@ -253,9 +262,14 @@ def _publish_local(target: Path, uri: str, overwrite: bool, table: pa.Table, row
             elif state != "absent":
                 old = target.with_name(f".{target.name}.old-{uuid.uuid4().hex}")
                 os.rename(target, old)
+                ledger = (old / LEDGER_DIR).exists()
                 try:
+                    if ledger:
+                        os.rename(old / LEDGER_DIR, tmp / LEDGER_DIR)  # the ledger goes with the new version
                     os.rename(tmp, target)
                 except OSError:
+                    if ledger and (tmp / LEDGER_DIR).exists():
+                        os.rename(tmp / LEDGER_DIR, old / LEDGER_DIR)
                     os.rename(old, target)  # put the previous version back
                     raise
                 shutil.rmtree(old, ignore_errors=True)
@@ -291,13 +305,11 @@ def _publish_remote(fs: pafs.FileSystem, root: str, uri: str, overwrite: bool, t
         _write_manifest(fs, root, manifest)
     except OSError as e:
         raise StorageError(f"{uri}: write failed, version not published: {e}") from e
-    keep = {posixpath.join(root, k).lstrip("/") for k in manifest.files} | {mpath.lstrip("/")}
-    for path in existing:
-        if path.lstrip("/") not in keep:
-            try:
-                fs.delete_file(path)
-            except OSError as e:  # stale files are invisible to readers; just report
-                log.warning("%s: could not delete stale object %s: %s", uri, path, e)
+    if existing:
+        try:
+            delete_tree(uri, keep=[*manifest.files, MANIFEST, LEDGER_DIR])
+        except StorageError as e:  # stale files are invisible to readers; just report
+            log.warning("%s: could not delete every stale object: %s", uri, e)
     return manifest
 
 
@@ -306,8 +318,8 @@ def write_dataset(out_uri: str | Path, *, name: str, n_users: int, n_items: int,
                   features: Mapping[str, np.ndarray], source: str, parent: str | None = None,
                   forget_request: str | None = None, extra: dict[str, Any] | None = None,
                   rows_per_file: int = 1_000_000, overwrite: bool = False,
-                  interaction_columns: Mapping[str, Mapping[str, np.ndarray]] | None = None
-                  ) -> Manifest:
+                  interaction_columns: Mapping[str, Mapping[str, np.ndarray]] | None = None,
+                  lineage: Lineage | None = None) -> Manifest:
     """Validate and publish one dataset version at ``out_uri`` (local folder or ``s3://``).
 
     Args:
@@ -317,18 +329,29 @@ def write_dataset(out_uri: str | Path, *, name: str, n_users: int, n_items: int,
         train, valid, test: ``(N_s,)`` int64 user/item ids per split; none may be empty.
         features: modality -> ``(n_items, d)`` float matrix (row r is item r); finite values.
         source: provenance string (e.g. ``synthetic:baby:seed=0`` or ``mmrec:/path``).
-        parent, forget_request: lineage of a retain-set version.
+        parent, forget_request: lineage of a retain-set version (default: ``lineage``'s).
         extra: free-form metadata stored in the manifest.
         rows_per_file: interaction rows per ``interactions/part-XXXXX.parquet``.
         overwrite: replace an existing version (see module docstring for the guarantees).
         interaction_columns: optional extra per-interaction columns, name -> split ->
             ``(N_s,)`` array (MMRec's ``rating`` float32, ``timestamp`` int64).
+        lineage: publish a descendant version
+            (:func:`~mmrecun_ray.data.lineage.child_lineage`): its root, ancestors and
+            applied requests go into the manifest, and every load of it consults the
+            root's ledger. None: the version is a root.
     Returns:
         The manifest as written (``files`` holds each file's sha256).
     Raises:
         DataError: invalid input (nothing is written). StorageError: target occupied or I/O.
     """
     n_users, n_items = int(n_users), int(n_items)
+    if lineage is not None:
+        for what, given, own in (("parent", parent, lineage.parent),
+                                 ("forget_request", forget_request, lineage.forget_request)):
+            if given is not None and own is not None and given != own:
+                raise DataError(f"{name}: {what}={given!r} disagrees with the lineage's {own!r}")
+        parent = parent if parent is not None else lineage.parent
+        forget_request = forget_request if forget_request is not None else lineage.forget_request
     if n_users <= 0 or n_items <= 0:
         raise DataError(f"{name}: n_users={n_users} and n_items={n_items} must be positive")
     if rows_per_file <= 0:
@@ -358,7 +381,10 @@ def write_dataset(out_uri: str | Path, *, name: str, n_users: int, n_items: int,
         id_ranges={USER_COL: _id_range([splits[s].user for s in SPLITS]),
                    ITEM_COL: _id_range([splits[s].item for s in SPLITS])},
         created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        source=source, parent=parent, forget_request=forget_request, extra=meta)
+        source=source, parent=parent, forget_request=forget_request, extra=meta,
+        root=lineage.root if lineage else None,
+        ancestors=list(lineage.ancestors) if lineage else [],
+        requests=list(lineage.requests) if lineage else [])
 
     fs, root = resolve(out_uri)
     if isinstance(fs, pafs.LocalFileSystem):

@@ -3,6 +3,12 @@
 A version exists only once its ``manifest.json`` does (see :mod:`mmrecun_ray.data.schema`),
 so every other file is uploaded first: a reader never finds a manifest whose files are
 missing, and an interrupted upload leaves no version behind.
+
+The forget ledger (``ledger/``) is never copied file by file and never deleted: the source's
+entries are appended to the destination's ledger (those whose id it lacks) before anything
+at the destination is removed, so an ``--overwrite`` cannot bring forgotten data back. A
+descendant version (manifest ``root`` set) keeps pointing at its lineage root, whose ledger
+every load of the copy consults.
 """
 
 from __future__ import annotations
@@ -19,9 +25,10 @@ from pathlib import Path
 from typing import Any
 
 from mmrecun_ray.errors import DataError, StorageError
-from mmrecun_ray.storage.uri import (S3Settings, boto3_client, current_settings, delete, exists, is_s3,
-                                     join, list_files, resolve, s3_call, s3_error, split_s3,
-                                     write_bytes_atomic)
+from mmrecun_ray.storage.ledger import LEDGER_DIR, carry_entries
+from mmrecun_ray.storage.s3 import boto3_client, is_s3, s3_call, s3_error, split_s3
+from mmrecun_ray.storage.settings import S3Settings, current_settings
+from mmrecun_ray.storage.uri import delete, delete_tree, exists, join, resolve, write_bytes_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -30,12 +37,14 @@ MANIFEST = "manifest.json"
 
 @dataclass(frozen=True)
 class UploadReport:
-    """What :func:`upload_dir_report` did: file count (manifest included), bytes, seconds."""
+    """What :func:`upload_dir_report` did: file count (manifest included), bytes, seconds,
+    and the ids of the ledger entries appended to the destination's ledger."""
 
     dest_uri: str
     files: int
     bytes: int
     seconds: float
+    ledger_carried: tuple[str, ...] = ()
 
     @property
     def mb_per_s(self) -> float:
@@ -76,11 +85,14 @@ def check_published(src: Path, verify_hashes: bool = True) -> dict[str, Any]:
 
 
 def _local_files(src: Path) -> list[str]:
-    """Relative posix paths of the regular, non-hidden files below ``src``, manifest excluded."""
+    """Relative posix paths of the regular, non-hidden files below ``src``, manifest and
+    ledger excluded."""
     out = []
     for p in sorted(src.rglob("*")):
         rel = p.relative_to(src).as_posix()
-        if p.is_file() and rel != MANIFEST and not any(part.startswith(".") for part in rel.split("/")):
+        parts = rel.split("/")
+        if p.is_file() and rel != MANIFEST and parts[0] != LEDGER_DIR \
+                and not any(part.startswith(".") for part in parts):
             out.append(rel)
     return out
 
@@ -96,9 +108,10 @@ def upload_dir_report(src: Path | str, dest_uri: str, settings: S3Settings | Non
     Args:
         overwrite: replace a version already at ``dest_uri``: its manifest is deleted first
             (the old version stops existing before any file changes), then its files that the
-            new version does not have.
+            new version does not have, except its ``ledger/`` (kept, with the source's
+            entries appended before anything is removed).
         verify_hashes: check every file against the manifest's sha256 before uploading.
-        client: a boto3 S3 client to use (default :func:`~mmrecun_ray.storage.uri.boto3_client`).
+        client: a boto3 S3 client to use (default :func:`~mmrecun_ray.storage.s3.boto3_client`).
     Raises:
         DataError: ``src`` is not a complete published version.
         StorageError: a version already exists at ``dest_uri`` (``reason="conflict"``) and
@@ -106,22 +119,26 @@ def upload_dir_report(src: Path | str, dest_uri: str, settings: S3Settings | Non
     """
     src = Path(src)
     t0 = time.perf_counter()
-    check_published(src, verify_hashes)
+    manifest = check_published(src, verify_hashes)
+    if manifest.get("root"):
+        logger.warning("%s descends from %s: every load of %s consults that root's ledger (and "
+                       "is refused when the root cannot be read there)", src, manifest["root"], dest_uri)
     rels = _local_files(src)
     dest_manifest = join(dest_uri, MANIFEST)
     s = settings or current_settings()
-    if exists(dest_manifest, s):
-        if not overwrite:
-            hint = "a dataset version is already published there; pass overwrite=True to replace it"
-            if is_s3(dest_uri):
-                raise s3_error("conflict", "publish", dest_manifest, s, hint)
-            err = StorageError(f"cannot publish {dest_manifest}: {hint}")
-            err.reason = "conflict"  # type: ignore[attr-defined]
-            raise err
+    replacing = exists(dest_manifest, s)
+    if replacing and not overwrite:
+        hint = ("a dataset version is already published there; pass --overwrite "
+                "(overwrite=True) to replace it")
+        if is_s3(dest_uri):
+            raise s3_error("conflict", "publish", dest_manifest, s, hint)
+        err = StorageError(f"cannot publish {dest_manifest}: {hint}")
+        err.reason = "conflict"  # type: ignore[attr-defined]
+        raise err
+    carried = carry_entries(str(src / LEDGER_DIR), join(dest_uri, LEDGER_DIR), s)  # before any removal
+    if replacing:
         delete(dest_manifest, s)
-        stale = set(list_files(dest_uri, settings=s)) - set(rels)
-        for rel in sorted(stale):
-            delete(join(dest_uri, rel), s)
+        delete_tree(dest_uri, keep=[*rels, LEDGER_DIR], settings=s)
     if is_s3(dest_uri):
         nbytes = _upload_s3(src, rels, dest_uri, s, part_size_mb, max_concurrency, client)
     else:
@@ -129,7 +146,7 @@ def upload_dir_report(src: Path | str, dest_uri: str, settings: S3Settings | Non
     data = (src / MANIFEST).read_bytes()
     write_bytes_atomic(dest_manifest, data, s)  # last: the version now exists
     report = UploadReport(dest_uri=str(dest_uri), files=len(rels) + 1, bytes=nbytes + len(data),
-                          seconds=time.perf_counter() - t0)
+                          seconds=time.perf_counter() - t0, ledger_carried=tuple(carried))
     logger.info("published %s -> %s: %d files, %.1f MB in %.2fs (%.1f MB/s)", src, dest_uri,
                 report.files, report.bytes / 1e6, report.seconds, report.mb_per_s)
     return report

@@ -113,7 +113,7 @@ def loop_inputs(ds: RecDataset, active_items: np.ndarray | None = None) -> LoopI
 
 def train_datasets(data_uri: str, materialize: bool = True) -> dict[str, ray.data.Dataset]:
     """The training pairs as a Ray Dataset read from Parquet (``user_id``, ``item_id``),
-    forgotten pairs filtered out by the data room's stream."""
+    with every row the lineage's forget ledger hides filtered out of the stream."""
     ds = interactions_dataset(data_uri, "train")
     return {"train": ds.materialize() if materialize else ds}
 
