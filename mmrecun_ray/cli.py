@@ -48,10 +48,10 @@ def one_line(exc: BaseException) -> str:
 def cmd_prepare(args: argparse.Namespace) -> int:
     if args.source == "mmrec":
         from mmrecun_ray.data.mmrec_import import prepare_mmrec
-        m = prepare_mmrec(args.src, args.out, name=args.name)
+        m = prepare_mmrec(args.src, args.out, name=args.name, overwrite=args.overwrite)
     else:
         from mmrecun_ray.data.synthetic import prepare_synthetic
-        m = prepare_synthetic(args.preset, args.seed, args.out)
+        m = prepare_synthetic(args.preset, args.seed, args.out, overwrite=args.overwrite)
     print(f"published {m.name}: {m.n_users} users, {m.n_items} items, "
           f"{m.counts} interactions, modalities {m.modalities} -> {args.out}")
     return 0
@@ -60,7 +60,8 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     from mmrecun_ray.training.train import train
     res = train(args.data, args.model, args.out, scaling(args, args.out),
-                sets={**parse_sets(args.set), **({"epochs": args.epochs} if args.epochs else {})})
+                sets={**parse_sets(args.set), **({"epochs": args.epochs} if args.epochs else {})},
+                overwrite=args.overwrite)
     t = res.metrics["metrics"]["test"]
     print(f"{args.model}: test recall@20 {t['recall@20']:.4f} ndcg@20 {t['ndcg@20']:.4f} "
           f"in {res.metrics['wall_seconds']:.1f}s ({res.metrics['epochs_run']} epochs) -> {args.out}")
@@ -124,12 +125,16 @@ def build_parser() -> argparse.ArgumentParser:
     pm.add_argument("--src", required=True, help="folder with NAME.inter and *_feat.npy files")
     pm.add_argument("--out", required=True, help="dataset URI to publish (folder or s3:// prefix)")
     pm.add_argument("--name", default=None, help="dataset name (default: the .inter file's stem)")
+    pm.add_argument("--overwrite", action="store_true",
+                    help="replace a version already at --out (its forget ledger is kept)")
     add_s3(pm)
     pm.set_defaults(func=cmd_prepare)
     ps = psub.add_parser("synthetic", help="generate a dataset with planted structure")
     ps.add_argument("--preset", default="tiny", help="tiny | baby | sports | clothing (default: tiny)")
     ps.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     ps.add_argument("--out", required=True, help="dataset URI to publish (folder or s3:// prefix)")
+    ps.add_argument("--overwrite", action="store_true",
+                    help="replace a version already at --out (its forget ledger is kept)")
     add_s3(ps)
     ps.set_defaults(func=cmd_prepare)
 
@@ -140,8 +145,12 @@ def build_parser() -> argparse.ArgumentParser:
     pt.add_argument("--epochs", type=int, default=None, help="maximum epochs (early stopping on "
                     "validation recall@20 may stop sooner; default: 200)")
     pt.add_argument("--set", action="append", metavar="KEY=VALUE",
-                    help="loop setting (batch_size, learning_rate, reg_weight, patience, seed, ...) "
-                         "or model parameter (embedding_dim, n_layers, knn_k, ...); repeatable")
+                    help="loop setting (batch_size, learning_rate, seed, eval_every, max_steps, ...), "
+                         "objective setting (reg_weight, patience) or model parameter "
+                         "(embedding_dim, n_layers, knn_k, ...), coerced to its type; unknown keys "
+                         "are refused; repeatable")
+    pt.add_argument("--overwrite", action="store_true",
+                    help="replace a model already published at --out (default: refuse)")
     add_scaling(pt)
     add_s3(pt)
     pt.set_defaults(func=cmd_train)

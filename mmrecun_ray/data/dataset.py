@@ -136,6 +136,8 @@ def _load_interactions(fs: pafs.FileSystem, root: str, uri: str, m: Manifest,
         if s in m.counts and int(m.counts[s]) != got[s]:
             raise DataError(f"{uri}: manifest counts {s}={m.counts[s]} but the files hold {got[s]}")
     V.check_splits_nonempty(got, str(uri))
+    V.check_unique_pairs(np.concatenate([out[s].keys(m.n_items) for s in SPLITS]), int(m.n_items),
+                         join(uri, INTERACTIONS_DIR))
     return out
 
 

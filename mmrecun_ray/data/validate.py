@@ -154,13 +154,20 @@ def count_duplicate_pairs(keys: np.ndarray) -> int:
     return int(keys.size - np.unique(keys).size)
 
 
-def warn_duplicate_pairs(keys: np.ndarray, where: str) -> int:
-    """Log a warning when the same ``(user, item)`` pair appears more than once.
+def check_unique_pairs(keys: np.ndarray, n_items: int, where: str) -> None:
+    """Refuse a dataset in which the same ``(user, item)`` pair appears twice (within a split
+    or across splits: a repeated training pair weighs double, a training pair repeated in
+    test leaks the answer, and a forget request could miss a copy).
 
-    MMRec's files occasionally repeat pairs; they are kept (the writer does not alter data)
-    but reported. Returns the duplicate count.
+    Args:
+        keys: ``(N,)`` int64 pair keys ``user * n_items + item`` of every row, all splits.
+    Raises:
+        DataError: naming the first repeated pair and how many repeats there are.
     """
     n = count_duplicate_pairs(keys)
     if n:
-        log.warning("%s: %d duplicate (user_id, item_id) pairs across splits", where, n)
-    return n
+        srt = np.sort(keys)
+        first = int(srt[np.flatnonzero(srt[1:] == srt[:-1])[0]])
+        raise DataError(f"{where}: (user_id, item_id) = ({first // n_items}, {first % n_items}) "
+                        f"appears more than once ({n} repeated rows in all); each pair must be "
+                        "one row")

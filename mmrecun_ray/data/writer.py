@@ -361,7 +361,7 @@ def write_dataset(out_uri: str | Path, *, name: str, n_users: int, n_items: int,
     counts = {s: len(splits[s]) for s in SPLITS}
     V.check_splits_nonempty(counts, f"dataset '{name}'")
     keys = np.concatenate([splits[s].keys(n_items) for s in SPLITS])
-    V.warn_duplicate_pairs(keys, f"dataset '{name}'")
+    V.check_unique_pairs(keys, n_items, f"dataset '{name}'")
     del keys
     feats: dict[str, np.ndarray] = {}
     for m, arr in features.items():

@@ -10,12 +10,12 @@ One job a module: :mod:`~mmrecun_ray.storage.settings` (S3 settings and credenti
 from mmrecun_ray.storage.retry import RetryPolicy
 from mmrecun_ray.storage.s3 import boto3_client, s3_filesystem
 from mmrecun_ray.storage.settings import S3Settings, configure, current_settings, settings_env_vars
-from mmrecun_ray.storage.uri import (delete, delete_tree, exists, filesystem_for, is_s3, join,
+from mmrecun_ray.storage.uri import (delete, delete_tree, exists, filesystem_for, is_s3, join, move_tree,
                                      list_files, read_bytes, read_json, resolve, split_s3,
                                      to_jsonable, write_bytes_atomic, write_bytes_create_only,
                                      write_json_atomic)
 
 __all__ = ["RetryPolicy", "S3Settings", "boto3_client", "configure", "current_settings", "delete",
-           "delete_tree", "exists", "filesystem_for", "is_s3", "join", "list_files", "read_bytes",
+           "delete_tree", "exists", "move_tree", "filesystem_for", "is_s3", "join", "list_files", "read_bytes",
            "read_json", "resolve", "s3_filesystem", "settings_env_vars", "split_s3", "to_jsonable",
            "write_bytes_atomic", "write_bytes_create_only", "write_json_atomic"]

@@ -325,3 +325,49 @@ def delete_tree(uri: str | Path, keep: Collection[str] = (),
     for rel in gone:
         delete(join(uri, *rel.split("/")), settings)
     return gone
+
+
+def move_tree(src: str | Path, dest: str | Path, settings: S3Settings | None = None) -> None:
+    """Move everything below ``src`` to ``dest`` (which must not exist yet).
+
+    Locally one ``rename`` (atomic: the tree is at one place or the other); on S3 every
+    object is copied, and only once all are copied are the originals deleted (a crash in
+    between leaves two complete copies, never none).
+
+    Raises:
+        StorageError: ``dest`` exists, or a copy/delete failed.
+    """
+    if exists(dest, settings) or list_files(dest, settings=settings):
+        raise StorageError(f"{dest}: already exists; will not move {src} over it")
+    if not is_s3(src):
+        _, s = resolve(src)
+        _, d = resolve(dest)
+        try:
+            os.rename(s, d)
+        except OSError as e:
+            raise _local_error(e, "move", str(src)) from e
+        return
+    rels = list_files(src, settings=settings)
+
+    def copy(fs: pafs.FileSystem, path: str) -> None:
+        _, dpath = resolve(dest, settings)
+        for rel in rels:
+            fs.copy_file(posixpath.join(path, rel), posixpath.join(dpath, rel))
+    _run("copy", src, copy, settings)
+    for rel in rels:
+        delete(join(src, *rel.split("/")), settings)
+
+
+def remove_tree(uri: str | Path, settings: S3Settings | None = None) -> None:
+    """Remove ``uri`` and everything below it (local: the folder itself too)."""
+    if is_s3(uri):
+        delete_tree(uri, settings=settings)
+        return
+    import shutil
+    _, path = resolve(uri)
+    try:
+        shutil.rmtree(path)
+    except FileNotFoundError:
+        return
+    except OSError as e:
+        raise _local_error(e, "remove", str(uri)) from e

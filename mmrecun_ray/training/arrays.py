@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import warnings
+
 import numpy as np
 import torch
 
@@ -29,3 +31,10 @@ def to_torch(x: Any) -> Any:
     if isinstance(x, (list, tuple)):
         return type(x)(to_torch(v) for v in x)
     return x
+
+
+def shared_tensor(a: np.ndarray) -> torch.Tensor:
+    """Zero-copy tensor over a (read-only, object-store backed) array; never written to."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.from_numpy(np.ascontiguousarray(a))

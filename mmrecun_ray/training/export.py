@@ -23,7 +23,7 @@ from mmrecun_ray.errors import DataError
 from mmrecun_ray.models import build_model
 from mmrecun_ray.models.base import Recommender
 from mmrecun_ray.storage import exists, join, read_bytes, read_json, write_bytes_atomic, write_json_atomic
-from mmrecun_ray.training.arrays import to_torch
+from mmrecun_ray.training.arrays import shared_tensor, to_torch
 
 logger = logging.getLogger(__name__)
 
@@ -79,6 +79,9 @@ class ModelInfo:
         for k in ("n_users", "n_items"):
             if d[k] <= 0:
                 raise DataError(f"{where}: key {k!r} must be positive, got {d[k]}")
+        from mmrecun_ray.models import MODELS
+        if d["model"] not in MODELS:
+            raise DataError(f"{where}: unknown model {d['model']!r}; known: {', '.join(MODELS)}")
         return cls(**{k: v for k, v in d.items() if k in known})
 
 
@@ -160,8 +163,7 @@ def build_from_state(info: ModelInfo, ds: RecDataset, state: dict[str, Any],
     """Rebuild a model described by ``info`` with weights ``state`` over ``ds``'s training
     graph and features (banned items out of the modality graphs), in eval mode."""
     check_compatible(info, ds, where)
-    feats = {m: torch.from_numpy(np.ascontiguousarray(ds.features[m])).float()
-             for m in info.modalities if m in ds.features}
+    feats = {m: shared_tensor(ds.features[m]).float() for m in info.modalities if m in ds.features}
     model = build_model(info.model, info.n_users, info.n_items, feats, info.params)
     if model.uses_features and (info.banned_items or info.dropped_features):
         active = torch.ones(info.n_items, dtype=torch.bool)

@@ -23,7 +23,6 @@ import logging
 import math
 import tempfile
 import time
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
@@ -40,7 +39,7 @@ from mmrecun_ray.evaluation.ranking import build_csr, evaluate_split
 from mmrecun_ray.models import build_model
 from mmrecun_ray.models.base import ModelOutput, Recommender
 from mmrecun_ray.objectives import ForgetPairs, NegativeSampler, Objective, Verdict
-from mmrecun_ray.training.arrays import to_numpy, to_torch
+from mmrecun_ray.training.arrays import shared_tensor, to_numpy, to_torch
 from mmrecun_ray.training.config import LoopConfig, LoopInputs
 
 logger = logging.getLogger(__name__)
@@ -57,13 +56,6 @@ def _fetch(obj: Any) -> Any:
 
 def _core(model: torch.nn.Module) -> Recommender:
     return model.module if hasattr(model, "module") else model  # type: ignore[return-value]
-
-
-def shared_tensor(a: np.ndarray) -> torch.Tensor:
-    """Zero-copy tensor over a (read-only, object-store backed) array; never written to."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        return torch.from_numpy(np.ascontiguousarray(a))
 
 
 def make_model(cfg: LoopConfig, inputs: LoopInputs, device: torch.device) -> Recommender:

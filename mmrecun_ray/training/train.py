@@ -17,12 +17,13 @@ import ray.data
 
 from mmrecun_ray.config import coerce, field_types
 from mmrecun_ray.data.dataset import interactions_dataset, load_dataset
+from mmrecun_ray.data.lineage import version_hashes
 from mmrecun_ray.data.schema import RecDataset
 from mmrecun_ray.errors import ConfigError
 from mmrecun_ray.evaluation.evaluate import evaluate_model
 from mmrecun_ray.models import default_params
 from mmrecun_ray.objectives import Fit
-from mmrecun_ray.storage import join, write_json_atomic
+from mmrecun_ray.storage import exists, join, write_json_atomic
 from mmrecun_ray.training.config import LoopConfig, LoopInputs
 from mmrecun_ray.training.export import ModelInfo, build_from_state, export_model
 from mmrecun_ray.training.runner import LoopResult, Scaling, ensure_ray, run_loop
@@ -130,10 +131,18 @@ def write_metrics(out_uri: str, payload: dict[str, Any]) -> None:
 
 
 def train(data_uri: str, model: str, out_uri: str, scaling: Scaling,
-          sets: dict[str, Any] | None = None, ds: RecDataset | None = None) -> TrainOutcome:
-    """Train ``model`` on ``data_uri``; publish ``<out>/model`` and ``<out>/metrics.json``."""
+          sets: dict[str, Any] | None = None, ds: RecDataset | None = None,
+          overwrite: bool = False) -> TrainOutcome:
+    """Train ``model`` on ``data_uri``; publish ``<out>/model`` and ``<out>/metrics.json``.
+
+    Raises:
+        ConfigError: bad settings, or ``out_uri`` already holds a model and not
+            ``overwrite`` (checked before anything runs).
+    """
     t0 = time.perf_counter()
     cfg, fit = recipe(model, dict(sets or {}))
+    if not overwrite and (exists(join(out_uri, "model", "model.json")) or exists(join(out_uri, "metrics.json"))):
+        raise ConfigError(f"{out_uri}: already holds a trained model; pass --overwrite to replace it")
     ds = ds or load_dataset(data_uri)
     ensure_ray()
     inputs = loop_inputs(ds)
@@ -141,6 +150,7 @@ def train(data_uri: str, model: str, out_uri: str, scaling: Scaling,
     info = ModelInfo(model=model, params=cfg.params, n_users=ds.n_users, n_items=ds.n_items,
                      modalities={m: int(f.shape[1]) for m, f in ds.features.items()},
                      data_uri=str(data_uri), manifest_hash=inputs.manifest_hash,
+                     root_hash=version_hashes(ds.manifest)[0], honoured=sorted(ds.honoured),
                      loop_config=cfg.to_dict(), objective=fit.to_dict())
     model_uri = join(out_uri, "model")
     net = build_from_state(info, ds, result.state or {})

@@ -31,6 +31,10 @@ def _common(p: argparse.ArgumentParser) -> None:
                         "epochs, eval_steps, seed; redraw: refit_steps, refit_batch, refit_alpha, "
                         "refit_lr_scale, batch_size, seed; sisa: shards, seed (README: Unlearning "
                         "knobs)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace another job found in --out (its files are moved aside until the new "
+                        "job is done); without it an occupied --out is refused, and a re-run of the "
+                        "same job resumes it")
     p.add_argument("--config", default=None,
                    help="JSON file of method settings (e.g. best_config.json from `tune`, which also "
                         "names its method); --set values override it")
@@ -54,7 +58,8 @@ def cmd_unlearn(args: argparse.Namespace) -> int:
         raise ConfigError(f"--config {args.config} holds settings of method {cfg_method!r}, "
                           f"--method is {args.method!r}")
     p = run_methods(args.model_uri, args.data, args.request, [method], args.out,
-                    scaling(args, args.out), sets, seed=args.seed, command="unlearn")
+                    scaling(args, args.out), sets, seed=args.seed, command="unlearn",
+                    record=not args.no_record, overwrite=args.overwrite)
     m = p["metrics"]
     f = m.get("forget", {}).get("recall@20", float("nan"))
     print(f"{method}: forget recall@20 {f:.4f} (before {p['original']['metrics'].get('forget', {}).get('recall@20', float('nan')):.4f}), "
@@ -68,7 +73,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from mmrecun_ray.unlearning.summary import format_table
     _, sets = settings_from_args(args)
     p = run_methods(args.model_uri, args.data, args.request, _method_list(args.methods), args.out,
-                    scaling(args, args.out), sets, seed=args.seed, command="compare")
+                    scaling(args, args.out), sets, seed=args.seed, command="compare",
+                    record=args.record, overwrite=args.overwrite)
     print(format_table(p))
     return 0
 
@@ -80,6 +86,10 @@ def add_parsers(sub: Any, add_scaling: Callable, add_s3: Callable) -> None:
     pu.add_argument("--method", default=None, choices=list(METHODS),
                     help=f"unlearning method (default: {DEFAULT_METHOD}, or the one --config names). "
                          f"{summaries}")
+    pu.add_argument("--no-record", action="store_true",
+                    help="an experiment: do not accept the request (no ledger entry; later loads of "
+                         "--data still show its pairs). Default: the request is accepted, recorded in "
+                         "the ledger of the dataset's lineage root")
     add_scaling(pu)
     add_s3(pu)
     pu.set_defaults(func=cmd_unlearn)
@@ -87,6 +97,9 @@ def add_parsers(sub: Any, add_scaling: Callable, add_s3: Callable) -> None:
     _common(pc)
     pc.add_argument("--methods", default=COMPARE_DEFAULT,
                     help=f"comma-separated methods (default: {COMPARE_DEFAULT}). {summaries}")
+    pc.add_argument("--record", action="store_true",
+                    help="accept the request (ledger entry) as `unlearn` does; default: a comparison "
+                         "is an experiment and leaves the ledger alone")
     add_scaling(pc)
     add_s3(pc)
     pc.set_defaults(func=cmd_compare)

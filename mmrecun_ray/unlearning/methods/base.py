@@ -46,6 +46,9 @@ class Job:
         reference_valid_recall: the trained model's validation Recall@20 on the retain
             graph (the level a never-seen positive of a known user reaches).
         callbacks: Ray Train callbacks for the runs (a Tune trial's reporter).
+        honoured: the forget requests the methods' models honour (the trained model's, the
+            retain view's and this request).
+        retain_hash: content hash of the published retain version.
     """
 
     model_uri: str
@@ -58,6 +61,8 @@ class Job:
     scaling: Scaling
     reference_valid_recall: float
     callbacks: list[Any] | None = None
+    honoured: list[str] = field(default_factory=list)
+    retain_hash: str = ""
 
     def recipe(self) -> tuple[LoopConfig, Fit]:
         """The recipe the model was trained with."""
@@ -187,8 +192,10 @@ def method_info(job: Job, method: str, run: dict[str, Any] | None = None) -> Mod
     lineage = list(base.lineage) + [{"method": method, "request_id": fset.request_id,
                                      "kind": fset.request.kind, "forget_pairs": len(fset.forget),
                                      **({"run": run} if run else {})}]
-    return replace(base, data_uri=job.retain_uri, manifest_hash=fset.retain.manifest.content_hash(),
-                   banned_items=sorted(set(base.banned_items) | set(fset.banned_items.tolist())),
+    honoured = sorted(set(base.honoured) | set(job.honoured) | {fset.request_id})
+    return replace(base, data_uri=job.retain_uri,
+                   manifest_hash=job.retain_hash or fset.retain.manifest.content_hash(),
+                   honoured=honoured, banned_items=sorted(set(base.banned_items) | set(fset.banned_items.tolist())),
                    dropped_features={**base.dropped_features,
                                      **{m: v.tolist() for m, v in fset.dropped_features.items()}},
                    modalities={m: d for m, d in base.modalities.items() if m in fset.retain.features},
