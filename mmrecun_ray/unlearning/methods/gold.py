@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import replace
+from typing import Any
 
 from mmrecun_ray.training.runner import run_loop
 from mmrecun_ray.unlearning.methods.base import (Job, Method, MethodResult, method_info, register,
@@ -37,3 +38,61 @@ class Gold(Method):
         info = method_info(job, self.name, {"loop": cfg.to_dict(), "objective": fit.to_dict()})
         return MethodResult(self.name, res.state or {}, info, time.perf_counter() - t0, res,
                             extra={"seed": cfg.seed})
+
+
+def _concurrent(job: Job, k: int, trial_cpus: float) -> bool:
+    """Whether ``k`` Gold runs fit the cluster side by side (else they run one by one)."""
+    import ray
+    if job.scaling.workers < 1 or k < 2:
+        return False
+    need = k * (job.scaling.workers * job.scaling.cpus_per_worker + trial_cpus)
+    return need <= float(ray.cluster_resources().get("CPU", 0.0))
+
+
+def run_band(job: Job, seeds: list[int], export_dir: Any, trial_cpus: float = 0.1) -> list[MethodResult]:
+    """Gold retrained once per seed: side by side as Ray Tune trials when the cluster has
+    the CPUs for all of them at once (each trial one Ray Train run on ``job.scaling``'s
+    workers), else one after the other. ``export_dir(seed) -> model folder URI``: each
+    Gold is published there (by its trial when run in parallel) and the results carry
+    ``extra["concurrent"]`` so that wall times of concurrent runs are read as such."""
+    if not _concurrent(job, len(seeds), trial_cpus):
+        out = []
+        for s in seeds:
+            res = Gold(seed=s).run(job)
+            res.extra["concurrent"] = False
+            out.append(res)
+        return out
+    from ray import tune
+
+    from mmrecun_ray.training.export import export_model, read_state
+    dirs = {s: export_dir(s) for s in seeds}
+
+    def trial(config: dict[str, Any], job: Job) -> None:
+        res = Gold(seed=int(config["seed"])).run(job)
+        export_model(dirs[int(config["seed"])], res.info, res.state,
+                     res.loop.optimizer if res.loop else None)
+        tune.report({"wall_seconds": res.wall_seconds, "steps": res.steps,
+                     "epochs_run": res.loop.epochs_run if res.loop else 0,
+                     "best_epoch": res.loop.best_epoch if res.loop else -1})
+
+    from mmrecun_ray.storage import is_s3, resolve
+    fs, path = resolve(job.scaling.storage_uri) if job.scaling.storage_uri else (None, None)
+    tuner = tune.Tuner(tune.with_resources(tune.with_parameters(trial, job=job), {"CPU": trial_cpus}),
+                       param_space={"seed": tune.grid_search(list(seeds))},
+                       tune_config=tune.TuneConfig(max_concurrent_trials=len(seeds)),
+                       run_config=tune.RunConfig(name="gold-band", verbose=0, storage_path=path,
+                                                 storage_filesystem=fs if path and is_s3(job.scaling.storage_uri) else None,
+                                                 failure_config=tune.FailureConfig(max_failures=0)))
+    grid = tuner.fit()
+    results: dict[int, MethodResult] = {}
+    from mmrecun_ray.training.export import read_model_info
+    for r in grid:
+        if r.error:
+            raise r.error
+        s = int(r.config["seed"])
+        state = {k: v.numpy() for k, v in read_state(dirs[s]).items()}
+        results[s] = MethodResult("gold", state, read_model_info(dirs[s]), float(r.metrics["wall_seconds"]),
+                                  None, extra={"seed": s, "concurrent": True,
+                                               "steps": int(r.metrics["steps"]),
+                                               "epochs_run": int(r.metrics["epochs_run"])})
+    return [results[s] for s in seeds]
