@@ -24,7 +24,6 @@ from mmrecun_ray.unlearning.audit import (
     fold_in_users,
     mia_auc,
     mia_auc_from_scores,
-    paired_auc_difference,
     peak_memory_mb,
     probe_r2,
     sample_nonmembers,
@@ -179,22 +178,26 @@ def test_delong_se_hand_computed() -> None:
     assert auc_standard_error(members, nonmembers) == pytest.approx(math.sqrt(17) / 18)
 
 
-def test_paired_auc_difference_uses_the_covariance() -> None:
+def test_clustered_pseudo_values() -> None:
     rng = np.random.default_rng(0)
     pos, neg = rng.normal(1.0, 1.0, 400), rng.normal(0.0, 1.0, 500)
-    a = membership.auc_placements(pos, neg)
-    # the same model twice: difference 0 with s.e. 0 (unpaired it would be ~0.025)
-    assert paired_auc_difference(a, a) == (0.0, 0.0)
-    # a model whose scores are the first's plus small noise: the paired s.e. is far below the
-    # unpaired sqrt(se_a^2 + se_b^2), the difference matches the AUCs' difference
-    b = membership.auc_placements(pos + rng.normal(0, 0.1, 400), neg + rng.normal(0, 0.1, 500))
-    diff, se = paired_auc_difference(a, b)
-    unpaired = math.hypot(membership.auc_se_from_placements(*a),
-                          membership.auc_se_from_placements(*b))
-    assert diff == pytest.approx(np.mean(a[0]) - np.mean(b[0]))
-    assert 0 < se < unpaired / 3
-    with pytest.raises(ValueError, match="not aligned"):
-        paired_auc_difference(a, (b[0][:10], b[1]))
+    delong = auc_standard_error(pos, neg)
+    # every score its own cluster: the pseudo-values average to the AUC and their s.e. is
+    # DeLong's (up to the C / (C - 1) vs per-side ddof factors)
+    auc, ids, pseudo = membership.auc_cluster_pseudo_values(pos, neg, np.arange(400),
+                                                            np.arange(400, 900))
+    assert ids.size == 900 and np.mean(pseudo) == pytest.approx(auc)
+    assert auc == mia_auc_from_scores(pos, neg)
+    assert np.std(pseudo, ddof=1) / math.sqrt(900) == pytest.approx(delong, rel=0.01)
+    # 20 users, each remembered to its own degree (a shift shared by all its member pairs):
+    # the pairs are not independent and the per-pair s.e. is far too small (0.018 vs 0.057)
+    user_m, user_n = rng.integers(0, 20, 400), rng.integers(0, 20, 500)
+    pos_c = pos + rng.normal(0, 1.0, 20)[user_m]
+    _, ids, pseudo = membership.auc_cluster_pseudo_values(pos_c, neg, user_m, user_n)
+    assert ids.tolist() == list(range(20))
+    assert np.std(pseudo, ddof=1) / math.sqrt(20) > 2.5 * auc_standard_error(pos_c, neg)
+    with pytest.raises(DataError, match="cluster ids"):
+        membership.auc_cluster_pseudo_values(pos, neg, user_m[:10], user_n)
 
 
 # -- hand-built datasets ----------------------------------------------------------------------
@@ -233,17 +236,19 @@ def test_differencing_auc_hand_computed() -> None:
     after = (users, torch.tensor([[0.0], [1.0], [1.5], [0.0], [0.5]]))
     # moved (before - after): members (0,1) 3-1 = 2, (0,2) 2-1.5 = 0.5, (1,3) 2-0 = 2;
     # non-members (0,4) 1-0.5 = 0.5 twice, (1,4) 2-1 = 1
-    # -> the member/non-member comparisons of test_delong_se_hand_computed: AUC 7/9
+    # -> the member/non-member comparisons of test_delong_se_hand_computed: AUC 7/9.
+    # Clustered by user (v10 = [1, 1/3, 1], v01 = [5/6, 5/6, 2/3], M = N = 3, C = 2):
+    # user 0: Z = (4/3 - 2 * 7/9) / 3 + (5/3 - 2 * 7/9) / 3 = -1/27; user 1: Z = +1/27;
+    # pseudo-values 7/9 + 2 Z = [19/27, 23/27] -> s.e. = sd / sqrt(2) = 2/27
     auc, se = differencing_auc(before, after, ctx)
     assert auc == pytest.approx(7 / 9)
-    assert se == pytest.approx(math.sqrt(17) / 18)
+    assert se == pytest.approx(2 / 27)
     # nothing moved: every score difference ties -> 0.5
     assert differencing_auc(before, before, ctx)[0] == 0.5
     # and audit_model records it with its placements
     res = audit_model(*after, ctx, before=before)
     assert res.values["diff_auc"] == pytest.approx(7 / 9)
-    assert res.per_unit["diff_auc"] == pytest.approx([1, 1 / 3, 1])
-    assert res.per_unit["diff_auc:nonmembers"] == pytest.approx([5 / 6, 5 / 6, 2 / 3])
+    assert res.per_unit["diff_auc"] == pytest.approx([19 / 27, 23 / 27])
 
 
 # -- fold-in on planted data ------------------------------------------------------------------
@@ -316,8 +321,7 @@ def test_audit_model_on_planted_data(planted: dict) -> None:
                                  "fold_in_control_recall@20"}
         assert "item_fold_in_hit@20" not in r.values and "probe_r2" not in r.values
         for m, v in r.per_unit.items():
-            if not m.endswith(":nonmembers"):
-                assert np.mean(v) == pytest.approx(r.values[m]), m
+            assert np.mean(v) == pytest.approx(r.values[m]), m
     assert "diff_auc" not in rw.values and "overlap@20_vs_gold" in ro.values
     # the MIA draws are today's (mia_auc with the context's seed): the same AUC, exactly
     ds, fset = planted["ds"], planted["fset"]
@@ -327,11 +331,11 @@ def test_audit_model_on_planted_data(planted: dict) -> None:
     # the original remembers D_f (MIA, forget recall), the retrain does not
     assert rw.values["mia_auc"] > 0.9 and abs(ro.values["mia_auc"] - 0.5) < 0.1
     assert rw.values["forget_recall@20"] > 3 * ro.values["forget_recall@20"]
-    # forget metrics per D_f user, MIA per D_f pair, aligned across models
+    # forget metrics and MIA pseudo-values per D_f user, aligned across models
     n_f_users = np.unique(planted["fset"].forget.user).size
     assert rw.per_unit["forget_recall@20"].shape == ro.per_unit["forget_recall@20"].shape \
         == (n_f_users,)
-    assert rw.per_unit["mia_auc"].shape == (len(planted["fset"].forget),)
+    assert rw.per_unit["mia_auc"].shape == ro.per_unit["mia_auc"].shape == (n_f_users,)
     # paired comparisons line up with the direct attack
     d, se = paired(rw, ro, "fold_in_recall@20")
     assert d > 3 * se

@@ -5,15 +5,15 @@
   the whole catalogue, :func:`evaluate_split` and its per-user vectors
   (:func:`evaluate_split_per_user`).
 - :mod:`mmrecun_ray.evaluation.membership`  membership-inference AUC (exact) with DeLong
-  standard errors, paired AUC differences and the score attack on a forget set.
+  standard errors (per pair or clustered by user) and the score attack on a forget set.
 """
 
 from mmrecun_ray.evaluation.membership import (
+    auc_cluster_pseudo_values,
     auc_placements,
     auc_standard_error,
     mia_auc,
     mia_auc_from_scores,
-    paired_auc_difference,
 )
 from mmrecun_ray.evaluation.metrics import (
     DEFAULT_KS,
@@ -43,6 +43,7 @@ __all__ = [
     "METRIC_NAMES",
     "PAD_ITEM",
     "UserMetrics",
+    "auc_cluster_pseudo_values",
     "auc_placements",
     "auc_standard_error",
     "auto_batch_size",
@@ -54,7 +55,6 @@ __all__ = [
     "metric_keys",
     "mia_auc",
     "mia_auc_from_scores",
-    "paired_auc_difference",
     "paired_difference",
     "per_user_metrics",
     "popularity_embeddings",

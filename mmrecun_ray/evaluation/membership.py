@@ -8,8 +8,10 @@ is the AUC of members against non-members:
 - :func:`auc_placements` / :func:`auc_standard_error`: DeLong's placement values
   (DeLong, DeLong & Clarke-Pearson, 1988) and the standard error they give. DeLong rather
   than Hanley-McNeil because it makes no assumption on the score distributions and because
-  the same placements give the *paired* standard error of the difference of two AUCs
-  measured on the same members and non-members (:func:`paired_auc_difference`);
+  its placements extend to clustered pairs and paired comparisons;
+- :func:`auc_cluster_pseudo_values`: the same with pairs clustered (by user): per-cluster
+  pseudo-values whose mean is the AUC and whose s.e. is Obuchowski's clustered DeLong s.e.;
+  two models' pseudo-values on the same draws pair up for a paired s.e.;
 - :func:`sample_nonmembers`: never-seen pairs of the same users (the non-member side);
 - :func:`mia_auc`: the score attack on a forget set.
 
@@ -134,27 +136,43 @@ def auc_standard_error(member_scores: np.ndarray, nonmember_scores: np.ndarray) 
     return auc_se_from_placements(*auc_placements(member_scores, nonmember_scores))
 
 
-def paired_auc_difference(a: tuple[np.ndarray, np.ndarray],
-                          b: tuple[np.ndarray, np.ndarray]) -> tuple[float, float]:
-    """``AUC_a - AUC_b`` and its paired DeLong standard error.
+def auc_cluster_pseudo_values(member_scores: np.ndarray, nonmember_scores: np.ndarray,
+                              member_cluster: np.ndarray, nonmember_cluster: np.ndarray
+                              ) -> tuple[float, np.ndarray, np.ndarray]:
+    """The AUC as a mean of per-cluster pseudo-values, for clustered members / non-members.
+
+    Pairs of one user are not independent (they share the user's vector), so DeLong's
+    per-pair variance understates the noise when a user has many pairs. Following
+    Obuchowski (1997), the AUC's linearisation is summed per cluster:
+    ``Z_c = (X_c - m_c A) / M + (Y_c - n_c A) / N`` with ``X_c``, ``Y_c`` the sums of the
+    cluster's member / non-member placements (:func:`auc_placements`), ``m_c``, ``n_c`` their
+    counts and ``M``, ``N`` the totals. The pseudo-values ``p_c = A + C Z_c`` (``C``
+    clusters) average to ``A`` exactly, ``sd(p) / sqrt(C)`` is Obuchowski's clustered
+    standard error, and the per-cluster differences of two models' pseudo-values (same
+    draws) give the paired standard error of their AUC difference.
 
     Args:
-        a, b: ``(v10 (n1,), v01 (n0,))`` placements (:func:`auc_placements`) of two models
-            on the SAME members and non-members, in the same order.
+        member_scores: ``(n1,)``; nonmember_scores: ``(n0,)`` finite scores.
+        member_cluster: ``(n1,)`` int cluster id (e.g. user) of each member;
+            nonmember_cluster: ``(n0,)`` of each non-member.
 
     Returns:
-        ``(diff, se)`` with ``se = sqrt(var(v10_a - v10_b) / n1 + var(v01_a - v01_b) / n0)``:
-        the covariance of the two AUCs (same pairs) is taken into account.
-
-    Raises:
-        ValueError: the placement vectors are not aligned.
+        ``(auc, clusters (C,) sorted ids, pseudo (C,) float64)``.
     """
-    (a10, a01), (b10, b01) = ((np.asarray(x, dtype=np.float64) for x in p) for p in (a, b))
-    if a10.shape != b10.shape or a01.shape != b01.shape:
-        raise ValueError(f"paired AUC: placements of {a10.size}/{a01.size} and "
-                         f"{b10.size}/{b01.size} members/non-members are not aligned")
-    return (float(np.mean(a10) - np.mean(b10)),
-            auc_se_from_placements(a10 - b10, a01 - b01))
+    auc, v10, v01 = auc_with_placements(member_scores, nonmember_scores)
+    mc = np.asarray(member_cluster, dtype=np.int64).ravel()
+    nc = np.asarray(nonmember_cluster, dtype=np.int64).ravel()
+    if mc.shape != v10.shape or nc.shape != v01.shape:
+        raise DataError(f"AUC clusters: {mc.size} / {nc.size} cluster ids for {v10.size} "
+                        f"members / {v01.size} non-members")
+    clusters, inv = np.unique(np.concatenate([mc, nc]), return_inverse=True)
+    c, n1 = clusters.size, v10.size
+    x = np.bincount(inv[:n1], weights=v10, minlength=c)
+    y = np.bincount(inv[n1:], weights=v01, minlength=c)
+    m = np.bincount(inv[:n1], minlength=c)
+    n = np.bincount(inv[n1:], minlength=c)
+    z = (x - m * auc) / v10.size + (y - n * auc) / v01.size
+    return auc, clusters, auc + c * z
 
 
 # -- non-members and the score attack ---------------------------------------------------------

@@ -14,11 +14,18 @@ give, per metric, a mean and a spread; a method's number is judged *inside* the 
   comparison made on the same units. It is the right yardstick because every model is
   audited on the same units (paired): the per-run unpaired s.e. would also count how much
   the units differ from each other (some users are simply easier), which is shared by all
-  models and would make the band several times too wide to see a real difference (on
-  Last.fm-2K users:5% fold-in: unpaired s.e. 0.019, paired 0.013 / sqrt(2)). It also
-  rests on n units rather than K runs, so it is stable where ``sd`` from 2 or 3 runs is not.
-  For AUC metrics the paired s.e. is DeLong's. Without per-unit vectors, or for K = 1 (no
-  pair), ``se`` is the mean of the runs' own s.e.: the band of one Gold is 2 s.e. wide.
+  models and would make the band about 2.5 times too wide (Last.fm-2K users:5%, LightGCN,
+  fold-in Recall@20: per-run unpaired s.e. 0.019 and 0.021; Gold-vs-Gold paired s.e.
+  0.011, i.e. 0.008 per run). It also rests on n units rather than K runs, so it is stable
+  where ``sd`` from 2 or 3 runs is not.
+  For AUC metrics the units are users (pseudo-values, clustered DeLong). Without per-unit
+  vectors, or for K = 1 (no pair), ``se`` is the mean of the runs' own s.e.: the band of
+  one Gold is 2 s.e. wide.
+
+Calibration: a method exactly as good as Gold (another Gold draw) lies at a distance from
+the K-run mean whose variance is ``(1 + 1/K) s^2``, so it falls outside ``mean +- 2 s`` in
+about 10% of metrics for K = 2 and 7% for K = 5; with several metrics judged at once, read
+a single borderline "outside" next to its paired difference in the attacks section.
 
 Overlap@20 has no band of this kind (a Gold's overlap with itself is 1): the report shows
 each method's overlap with the Golds next to the Gold-vs-Gold ceiling
@@ -38,9 +45,8 @@ from typing import Any
 import numpy as np
 
 from mmrecun_ray.errors import DataError
-from mmrecun_ray.evaluation.membership import paired_auc_difference
 from mmrecun_ray.evaluation.metrics import paired_difference
-from mmrecun_ray.unlearning.audit import AUC_NONMEMBER_SUFFIX, AuditResult, topk_overlap
+from mmrecun_ray.unlearning.audit import AuditResult, topk_overlap
 
 #: metrics compared with Gold in another way (see the module doc)
 UNBANDED = ("overlap@20_vs_gold",)
@@ -110,10 +116,9 @@ class Band:
 def paired(a: AuditResult, b: AuditResult, metric: str) -> tuple[float, float]:
     """``a - b`` on ``metric`` and its standard error, paired over units when possible.
 
-    AUC metrics (placements of members and non-members in ``per_unit``): DeLong's paired
-    s.e. (:func:`~mmrecun_ray.evaluation.membership.paired_auc_difference`); other per-unit
-    metrics: the s.e. of the per-unit differences; otherwise (no aligned vectors) the
-    unpaired ``sqrt(se_a^2 + se_b^2)``.
+    With aligned per-unit vectors (per user, per item, or per-user AUC pseudo-values): the
+    mean and s.e. of the per-unit differences; otherwise the difference of the values and
+    the unpaired ``sqrt(se_a^2 + se_b^2)``.
 
     Raises:
         DataError: ``metric`` is missing from either result.
@@ -122,14 +127,8 @@ def paired(a: AuditResult, b: AuditResult, metric: str) -> tuple[float, float]:
         if metric not in r.values:
             raise DataError(f"paired comparison: metric {metric!r} missing from the {name} "
                             f"audit (has {sorted(r.values)})")
-    nm = metric + AUC_NONMEMBER_SUFFIX
     pa, pb = a.per_unit.get(metric), b.per_unit.get(metric)
     if pa is not None and pb is not None and pa.shape == pb.shape:
-        if nm in a.per_unit and nm in b.per_unit and \
-                a.per_unit[nm].shape == b.per_unit[nm].shape:
-            diff, se = paired_auc_difference((pa, a.per_unit[nm]), (pb, b.per_unit[nm]))
-            # the exact AUCs' difference (placements' means agree up to rounding)
-            return a.values[metric] - b.values[metric], se
         return paired_difference(pa, pb)
     se = math.sqrt(a.se.get(metric, float("nan")) ** 2 + b.se.get(metric, float("nan")) ** 2)
     return a.values[metric] - b.values[metric], se

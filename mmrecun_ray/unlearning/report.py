@@ -85,7 +85,7 @@ ATTACKS = {
                            "users, share of the other half with the item in their top 20.",
     "item_fold_in_control_hit@20": "The same item fold-in on active control items.",
     "mia_auc": "Score membership inference: forgotten pairs against never-seen pairs of "
-               "the same users (AUC, DeLong s.e.).",
+               "the same users (AUC; s.e. clustered by user).",
     "diff_auc": "Differencing: an attacker holding the model before and after scores each "
                 "pair by how far its score dropped (AUC of forgotten vs never-seen pairs; "
                 "Gold rows: original -> Gold).",
@@ -94,12 +94,11 @@ ATTACKS = {
 }
 
 
-def _fmt_metric(metric: str, v: float | None) -> str:
-    """A metric value: AUCs and R² to 3 decimals, ranking metrics to 4."""
+def _fmt_value(v: float | None) -> str:
+    """A metric value (every metric lies within [-1, 1]), to 4 decimals."""
     if v is None or not math.isfinite(v):
         return MISSING
-    return f"{v:.3f}" if ("auc" in metric or "r2" in metric or "overlap" in metric) \
-        else f"{v:.4f}"
+    return f"{v:.4f}"
 
 
 def _fmt_seconds(v: float | None) -> str:
@@ -108,15 +107,13 @@ def _fmt_seconds(v: float | None) -> str:
     return f"{v:.0f}" if v >= 100 else f"{v:.1f}" if v >= 1 else f"{v:.2f}"
 
 
-def _fmt_diff(metric: str, diff: float, se: float) -> str:
-    """``+0.0590 ± 0.0120 (4.9 s.e.)``."""
+def _fmt_diff(diff: float, se: float) -> str:
+    """``+0.0590 ± 0.0120 (+4.9 s.e.)``."""
     if not math.isfinite(diff):
         return MISSING
-    body = f"{diff:+.4f}" if "auc" not in metric and "r2" not in metric else f"{diff:+.3f}"
     if not math.isfinite(se) or se <= 0:
-        return body
-    spec = ".4f" if "auc" not in metric and "r2" not in metric else ".3f"
-    return f"{body} ± {se:{spec}} ({diff / se:+.1f} s.e.)"
+        return f"{diff:+.4f}"
+    return f"{diff:+.4f} ± {se:.4f} ({diff / se:+.1f} s.e.)"
 
 
 def _num(value: Any) -> float | None:
@@ -290,8 +287,8 @@ def _reasons(row: dict[str, Any], bands: dict[str, Band], ratio: float) -> list[
             continue
         verdict = _verdict(row, bands, m)
         if verdict in ("above", "below"):
-            out.append(f"{LABELS.get(m, m)} {_fmt_metric(m, v)} is {verdict} the Gold band "
-                       f"[{_fmt_metric(m, band.lo)}, {_fmt_metric(m, band.hi)}]")
+            out.append(f"{LABELS.get(m, m)} {_fmt_value(v)} is {verdict} the Gold band "
+                       f"[{_fmt_value(band.lo)}, {_fmt_value(band.hi)}]")
     band, v = bands.get(RETAIN_METRIC), _value(row, RETAIN_METRIC)
     if band is not None and v is not None and v < ratio * band.mean - 1e-12:
         out.append(f"{LABELS[RETAIN_METRIC]} {v:.4f} < {ratio:g} × Gold mean {band.mean:.4f}")
@@ -322,17 +319,15 @@ def _table(payload: dict[str, Any], bands: dict[str, Band]) -> tuple[list[str], 
     """Header, cells and per-cell verdicts of the method table (first body row: the band)."""
     metrics = _metrics(payload)
     header = (["Method", "Role", "Seed"] + [LABELS.get(m, m) for m in metrics]
-              + ["Overlap@20 vs Gold", "Wall (s)", "Speed-up", "Peak RSS (MB)",
-                 "Peak RSS, tree (MB)"])
+              + ["Overlap@20 vs Gold"])
     ceiling = _num(payload.get("gold_overlap_ceiling"))
     k = max((b.n for b in bands.values()), default=0)
     band_row = [f"Gold band (K={k})", "band", MISSING]
     for m in metrics:
         b = bands.get(m)
         band_row.append(MISSING if b is None else
-                        f"{_fmt_metric(m, b.mean)} ± {_fmt_metric(m, b.half_width)}")
-    band_row += [f"ceiling {_fmt_metric('overlap', ceiling)}", MISSING, MISSING, MISSING,
-                 MISSING]
+                        f"{_fmt_value(b.mean)} ± {_fmt_value(b.half_width)}")
+    band_row.append(f"ceiling {_fmt_value(ceiling)}")
     body, marks = [band_row], [[""] * len(band_row)]
     for row in _ordered_rows(payload):
         cells = [row["method"], row.get("role", "method"),
@@ -342,19 +337,29 @@ def _table(payload: dict[str, Any], bands: dict[str, Band]) -> tuple[list[str], 
             v = _value(row, m)
             verdict = _verdict(row, bands, m) if v is not None else "n/a"
             marker = MARKERS[verdict]
-            cells.append(_fmt_metric(m, v) + (f" {marker}" if marker else ""))
+            cells.append(_fmt_value(v) + (f" {marker}" if marker else ""))
             vmarks.append(verdict)
-        speed = _num(row.get("speedup_vs_gold"))
-        rss, tree = _num(row.get("peak_rss_mb")), _num(row.get("peak_rss_tree_mb"))
-        cells += [_fmt_metric("overlap", _overlap(row)),
-                  _fmt_seconds(_num(row.get("wall_seconds"))),
-                  MISSING if speed is None else f"{speed:.1f}×",
-                  MISSING if rss is None else f"{rss:.0f}",
-                  MISSING if tree is None else f"{tree:.0f}"]
-        vmarks += [""] * 5
+        cells.append(_fmt_value(_overlap(row)))
+        vmarks.append("")
         body.append(cells)
         marks.append(vmarks)
     return header, body, marks
+
+
+def _cost_table(payload: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """Header and cells of the cost table: wall time, speed-up over Gold, peak memory."""
+    header = ["Method", "Role", "Wall (s)", "Speed-up vs Gold", "Peak RSS (MB)",
+              "Peak RSS, process tree (MB)"]
+    body = []
+    for row in _ordered_rows(payload):
+        speed = _num(row.get("speedup_vs_gold"))
+        rss, tree = _num(row.get("peak_rss_mb")), _num(row.get("peak_rss_tree_mb"))
+        body.append([row["method"], row.get("role", "method"),
+                     _fmt_seconds(_num(row.get("wall_seconds"))),
+                     MISSING if speed is None else f"{speed:.1f}×",
+                     MISSING if rss is None else f"{rss:.0f}",
+                     MISSING if tree is None else f"{tree:.0f}"])
+    return header, body
 
 
 def _attack_tables(payload: dict[str, Any]) -> list[tuple[str, str, list[str], list[list[str]]]]:
@@ -368,14 +373,14 @@ def _attack_tables(payload: dict[str, Any]) -> list[tuple[str, str, list[str], l
         rows = []
         for row in _ordered_rows(payload):
             diffs = list(row.get("paired", {}).get(m) or [])
-            cells = [row["method"], _fmt_metric(m, _value(row, m))]
+            cells = [row["method"], _fmt_value(_value(row, m))]
             if row.get("role") == "gold":   # its pairs skip itself: put a dash in its column
                 it = iter(diffs)
-                cells += [MISSING if g == row["method"] else _fmt_diff(m, *next(it, (math.nan,
+                cells += [MISSING if g == row["method"] else _fmt_diff(*next(it, (math.nan,
                                                                                     math.nan)))
                           for g in golds]
             else:
-                cells += [_fmt_diff(m, *d) for d in diffs] + \
+                cells += [_fmt_diff(*d) for d in diffs] + \
                     [MISSING] * (len(golds) - len(diffs))
             rows.append(cells)
         out.append((m, ATTACKS[m], header, rows))
@@ -386,7 +391,7 @@ def _gold_pair_line(payload: dict[str, Any], metric: str) -> str:
     golds = [r["method"] for r in payload["rows"] if r.get("role") == "gold"]
     pairs = (payload.get("gold_pairs") or {}).get(metric) or []
     names = [(golds[i], golds[j]) for i in range(len(golds)) for j in range(i + 1, len(golds))]
-    parts = [f"{a} − {b} = {_fmt_diff(metric, *d)}" for (a, b), d in zip(names, pairs)]
+    parts = [f"{a} − {b} = {_fmt_diff(*d)}" for (a, b), d in zip(names, pairs)]
     return ("Gold vs Gold: " + "; ".join(parts)) if parts else \
         "Gold vs Gold: one Gold only, no pair."
 
@@ -447,19 +452,20 @@ def render_markdown(payload: dict[str, Any]) -> str:
     lines += ["## Methods against the Gold band", "", LEGEND + ".", ""]
     lines += _md_table(header, body) + [""]
     lines += ["## Attacks", "",
-              "Differences are paired over the same users / items / pairs (s.e. of the "
-              "per-unit differences; DeLong for AUCs), against each Gold.", ""]
+              "Differences are paired over the same users / items (s.e. of the per-unit "
+              "differences; for AUCs per-user pseudo-values), against each Gold.", ""]
     for m, caption, h, rows in _attack_tables(payload):
         lines += [f"### {LABELS.get(m, m)}", "", caption, ""] + _md_table(h, rows)
         lines += ["", _gold_pair_line(payload, m), ""]
     lines += ["## Top-20 agreement with Gold", ""]
     ceiling = _num(payload.get("gold_overlap_ceiling"))
-    lines.append(f"Gold-vs-Gold overlap@20 (the ceiling): {_fmt_metric('overlap', ceiling)}.")
+    lines.append(f"Gold-vs-Gold overlap@20 (the ceiling): {_fmt_value(ceiling)}.")
     lines.append("")
     for row in _ordered_rows(payload):
-        lines.append(f"- {row['method']}: {_fmt_metric('overlap', _overlap(row))}")
+        lines.append(f"- {row['method']}: {_fmt_value(_overlap(row))}")
+    lines += ["", "## Cost", ""] + _md_table(*_cost_table(payload))
     h, rows = _audit_seconds(payload)
-    lines += ["", "## Audit time (s)", ""] + _md_table(h, rows) + [""]
+    lines += ["", "### Audit time (s)", ""] + _md_table(h, rows) + [""]
     return "\n".join(lines)
 
 
@@ -709,20 +715,21 @@ def render_html(payload: dict[str, Any]) -> str:
             _html_table(header, body, marks, first_band=True)]
     out += ["<h2>Forget against retain</h2>", _scatter(payload, bands)]
     out += ["<h2>Attacks</h2>", '<p class="caption">Differences are paired over the same '
-            "users / items / pairs (s.e. of the per-unit differences; DeLong for AUCs), "
+            "users / items (s.e. of the per-unit differences; for AUCs per-user "
+            "pseudo-values), "
             "against each Gold.</p>"]
     for m, caption, h, rows in _attack_tables(payload):
         out += [f"<h3>{esc(LABELS.get(m, m))}</h3>", f'<p class="caption">{esc(caption)}</p>',
                 _html_table(h, rows), f"<p>{esc(_gold_pair_line(payload, m))}</p>"]
     ceiling = _num(payload.get("gold_overlap_ceiling"))
     out += ["<h2>Top-20 agreement with Gold</h2>",
-            f"<p>Gold-vs-Gold overlap@20 (the ceiling): {_fmt_metric('overlap', ceiling)}.</p>",
-            "<ul>" + "".join(f"<li>{esc(r['method'])}: {_fmt_metric('overlap', _overlap(r))}"
+            f"<p>Gold-vs-Gold overlap@20 (the ceiling): {_fmt_value(ceiling)}.</p>",
+            "<ul>" + "".join(f"<li>{esc(r['method'])}: {_fmt_value(_overlap(r))}"
                              "</li>" for r in _ordered_rows(payload)) + "</ul>"]
     rows = _ordered_rows(payload)
     walls = [_num(r.get("wall_seconds")) for r in rows]
     positive = [w for w in walls if w is not None and w > 0]
-    out += ["<h2>Cost</h2>", svg_bar_chart(
+    out += ["<h2>Cost</h2>", _html_table(*_cost_table(payload)), svg_bar_chart(
         "Wall time (s)", [r["method"] for r in rows], walls, fmt=_fmt_seconds,
         log_scale=bool(positive) and max(positive) / min(positive) >= 10,
         highlight=[n for n, r in enumerate(rows) if r.get("role") == "gold"])]
