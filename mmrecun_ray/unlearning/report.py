@@ -287,8 +287,10 @@ def _reasons(row: dict[str, Any], bands: dict[str, Band], ratio: float) -> list[
             continue
         verdict = _verdict(row, bands, m)
         if verdict in ("above", "below"):
-            out.append(f"{LABELS.get(m, m)} {_fmt_value(v)} is {verdict} the Gold band "
-                       f"[{_fmt_value(band.lo)}, {_fmt_value(band.hi)}]")
+            edge = band.hi if verdict == "above" else band.lo
+            digits = next((d for d in range(4, 8) if f"{v:.{d}f}" != f"{edge:.{d}f}"), 8)
+            out.append(f"{LABELS.get(m, m)} {v:.{digits}f} is {verdict} the Gold band "
+                       f"[{band.lo:.{digits}f}, {band.hi:.{digits}f}]")
     band, v = bands.get(RETAIN_METRIC), _value(row, RETAIN_METRIC)
     if band is not None and v is not None and v < ratio * band.mean - 1e-12:
         out.append(f"{LABELS[RETAIN_METRIC]} {v:.4f} < {ratio:g} × Gold mean {band.mean:.4f}")
@@ -645,9 +647,10 @@ def svg_scatter(title: str, points: Sequence[tuple[str, float, float, str]], *,
 
 
 # -- HTML -------------------------------------------------------------------------------------
-_CSS = ("body{font-family:sans-serif;max-width:1180px;margin:2em auto;color:#222}"
-        "table{border-collapse:collapse;margin:1em 0;font-size:13px}th,td{border:1px solid #ccc;"
-        "padding:3px 7px}td{text-align:right;white-space:nowrap}td:first-child{text-align:left}"
+_CSS = ("body{font-family:sans-serif;max-width:1180px;margin:1.5em auto;padding:0 1em;"
+        "color:#222}table{border-collapse:collapse;margin:1em 0;font-size:12px}th,td{border:1px "
+        "solid #ccc;padding:2px 5px}th{font-weight:600}td{text-align:right;white-space:nowrap}"
+        "td:first-child{text-align:left}"
         ".methods td:nth-child(2),.methods td:nth-child(3){text-align:left}"
         "th{background:#f4f4f4}.inside{color:#1a7f37}.above,.below{color:#c62828;"
         "font-weight:bold}.band td{background:#fff3e6}.pass{color:#1a7f37;font-weight:bold}"
@@ -698,7 +701,7 @@ def render_html(payload: dict[str, Any]) -> str:
     out = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
            f"<title>{title}</title><style>{_CSS}</style></head><body>", f"<h1>{title}</h1>",
            "<ul>" + "".join(f"<li><b>{esc(k)}</b>: {esc(v)}</li>" for k, v in _setup(payload))
-           + "</ul>", "<h2>Verdict</h2>",
+           + "</ul>", '<h2 id="verdict">Verdict</h2>',
            f"<p>A method passes when every audited number is inside the Gold band (mean ± "
            f"max(2 sd, 2 s.e.) over the Gold retrains) and its retain Recall@20 is at least "
            f"{float(payload.get('retain_ratio_min', RETAIN_RATIO_MIN)):g} × the Gold mean.</p>"]
@@ -710,11 +713,11 @@ def render_html(payload: dict[str, Any]) -> str:
         items.append(f'<li>{esc(name)}: <span class="{cls}">{esc(tag)}</span>: {esc(why)}</li>')
     out.append("<ul>" + "".join(items) + "</ul>")
     header, body, marks = _table(payload, bands)
-    out += ["<h2>Methods against the Gold band</h2>", f'<p class="caption">{esc(LEGEND)}. '
+    out += ['<h2 id="methods">Methods against the Gold band</h2>', f'<p class="caption">{esc(LEGEND)}. '
             "The first row is the band: Gold mean ± half-width.</p>",
             _html_table(header, body, marks, first_band=True)]
-    out += ["<h2>Forget against retain</h2>", _scatter(payload, bands)]
-    out += ["<h2>Attacks</h2>", '<p class="caption">Differences are paired over the same '
+    out += ['<h2 id="scatter">Forget against retain</h2>', _scatter(payload, bands)]
+    out += ['<h2 id="attacks">Attacks</h2>', '<p class="caption">Differences are paired over the same '
             "users / items (s.e. of the per-unit differences; for AUCs per-user "
             "pseudo-values), "
             "against each Gold.</p>"]
@@ -722,14 +725,14 @@ def render_html(payload: dict[str, Any]) -> str:
         out += [f"<h3>{esc(LABELS.get(m, m))}</h3>", f'<p class="caption">{esc(caption)}</p>',
                 _html_table(h, rows), f"<p>{esc(_gold_pair_line(payload, m))}</p>"]
     ceiling = _num(payload.get("gold_overlap_ceiling"))
-    out += ["<h2>Top-20 agreement with Gold</h2>",
+    out += ['<h2 id="overlap">Top-20 agreement with Gold</h2>',
             f"<p>Gold-vs-Gold overlap@20 (the ceiling): {_fmt_value(ceiling)}.</p>",
             "<ul>" + "".join(f"<li>{esc(r['method'])}: {_fmt_value(_overlap(r))}"
                              "</li>" for r in _ordered_rows(payload)) + "</ul>"]
     rows = _ordered_rows(payload)
     walls = [_num(r.get("wall_seconds")) for r in rows]
     positive = [w for w in walls if w is not None and w > 0]
-    out += ["<h2>Cost</h2>", _html_table(*_cost_table(payload)), svg_bar_chart(
+    out += ['<h2 id="cost">Cost</h2>', _html_table(*_cost_table(payload)), svg_bar_chart(
         "Wall time (s)", [r["method"] for r in rows], walls, fmt=_fmt_seconds,
         log_scale=bool(positive) and max(positive) / min(positive) >= 10,
         highlight=[n for n, r in enumerate(rows) if r.get("role") == "gold"])]
