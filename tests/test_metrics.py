@@ -14,9 +14,13 @@ from mmrecun_ray.evaluation import (
     auto_batch_size,
     build_csr,
     evaluate_split,
+    evaluate_split_per_user,
     full_ranking_topk,
     metric_keys,
+    paired_difference,
+    per_user_metrics,
     popularity_embeddings,
+    standard_error,
     topk_metrics,
 )
 from mmrecun_ray.evaluation.ranking import BYTES_PER_SCORE
@@ -147,6 +151,33 @@ def test_topk_metrics_matches_loop_reference_randomized() -> None:
     assert 0.0 < got["recall@50"] < 1.0  # the data is not degenerate
 
 
+def test_per_user_metrics_hand_computed() -> None:
+    hits, n_pos = hand_example()
+    got = per_user_metrics(hits, n_pos, ks=(2, 3))
+    assert list(got) == metric_keys((2, 3))
+    # recall@3: A 2/2, B 2/4, C 0, D not measured (NaN)
+    assert got["recall@3"][:3].tolist() == [1.0, 0.5, 0.0] and math.isnan(got["recall@3"][3])
+    # ndcg@2: A L3 / (1 + L3), B 1 / (1 + L3), C 0
+    assert got["ndcg@2"][:3] == pytest.approx([L3 / (1 + L3), 1 / (1 + L3), 0.0])
+    assert got["hit@2"][:3].tolist() == [1.0, 1.0, 0.0]
+    # the means are topk_metrics, exactly
+    means = topk_metrics(hits, n_pos, ks=(2, 3))
+    for key, v in got.items():
+        assert float(np.mean(v[:3])) == means[key], key
+
+
+def test_standard_error_and_paired_difference_hand_computed() -> None:
+    # [1, 2, 3, 4]: sd (ddof=1) = sqrt(5/3), se = sqrt(5/3) / 2
+    assert standard_error(np.array([1.0, 2.0, 3.0, 4.0])) == pytest.approx(math.sqrt(5 / 3) / 2)
+    assert standard_error(np.array([1.0, np.nan, 3.0])) == pytest.approx(1.0)   # NaN left out
+    assert math.isnan(standard_error(np.array([2.0])))
+    # a - b = [1, 0, 1, 2]: mean 1, sd sqrt(2/3), se sqrt(2/3) / 2
+    d, se = paired_difference([3, 2, 4, 5], [2, 2, 3, 3])
+    assert d == pytest.approx(1.0) and se == pytest.approx(math.sqrt(2 / 3) / 2)
+    with pytest.raises(ValueError, match="not aligned"):
+        paired_difference([1, 2], [1, 2, 3])
+
+
 # -- CSR ------------------------------------------------------------------------------------
 def test_build_csr_sorts_and_deduplicates() -> None:
     indptr, indices = build_csr(np.array([2, 0, 2, 2, 0]), np.array([5, 3, 1, 5, 3]), 4)
@@ -202,6 +233,36 @@ def test_evaluate_split_hand_computed_with_masking() -> None:
     only1 = evaluate_split(user_emb, item_emb, train, target, 3, 6, ks=(2, 3),
                            users_subset=np.array([1, 2]))
     assert only1["n_users"] == 1 and only1["hit@3"] == 0.0
+
+
+def test_per_user_split_vectors_match_the_split_means() -> None:
+    user_emb, item_emb = per_user_scores([
+        [9.0, 5.0, 4.0, 3.0, 2.0, 1.0],
+        [1.0, 2.0, 3.0, 4.0, 5.0, 9.0],
+        [0.0, 0.0, 0.0, 0.0, 0.0, 0.0],
+    ])
+    train = build_csr(np.array([0, 1, 1]), np.array([0, 5, 4]), 3)
+    target = (np.array([0, 0, 0, 1, 1]), np.array([2, 5, 2, 0, 5]))
+    per = evaluate_split_per_user(user_emb, item_emb, train, target, 3, 6, ks=(2, 3))
+    # users with a target item, in id order: recall@2 user 0 1/2, user 1 0/2
+    assert per.users.tolist() == [0, 1]
+    assert per.values["recall@2"].tolist() == [0.5, 0.0]
+    assert per.values["ndcg@2"] == pytest.approx([L3 / (1 + L3), 0.0])
+    assert per.se("recall@2") == pytest.approx(0.25)       # sd sqrt(1/8) / sqrt(2)
+    means = evaluate_split(user_emb, item_emb, train, target, 3, 6, ks=(2, 3))
+    for key in metric_keys((2, 3)):
+        assert per.mean(key) == means[key], key
+    # a random, larger case: the vectors average to the split's means
+    rng = np.random.default_rng(5)
+    u = torch.from_numpy(rng.normal(size=(40, 4)).astype(np.float32))
+    i = torch.from_numpy(rng.normal(size=(30, 4)).astype(np.float32))
+    tr = build_csr(rng.integers(0, 40, 200), rng.integers(0, 30, 200), 40)
+    tgt = (rng.integers(0, 40, 80), rng.integers(0, 30, 80))
+    per = evaluate_split_per_user(u, i, tr, tgt, 40, 30, ks=(5, 10))
+    means = evaluate_split(u, i, tr, tgt, 40, 30, ks=(5, 10))
+    assert per.users.size == means["n_users"]
+    for key in metric_keys((5, 10)):
+        assert per.mean(key) == pytest.approx(means[key], abs=1e-15), key
 
 
 def test_banned_items_never_appear_and_short_lists_are_padded() -> None:

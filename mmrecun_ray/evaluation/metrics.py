@@ -46,27 +46,10 @@ def metric_keys(ks: Sequence[int] = DEFAULT_KS) -> list[str]:
     return [f"{name}@{k}" for name in METRIC_NAMES for k in check_ks(ks)]
 
 
-def topk_metrics(hits: np.ndarray, n_pos: np.ndarray,
-                 ks: Sequence[int] = DEFAULT_KS) -> dict[str, float]:
-    """Recall, NDCG, Precision, MAP and HitRate at every cutoff, averaged over users.
-
-    Args:
-        hits: ``(U, Kmax)`` bool; row u, column r: the rank-r item (0-based) of user u is a
-            positive. ``Kmax`` must be ``>= max(ks)``; columns past ``max(ks)`` are ignored.
-        n_pos: ``(U,)`` int; number of distinct positives of each user. Users with 0 are
-            excluded from every average.
-        ks: cutoffs K.
-
-    Returns:
-        ``{"recall@10": ..., "ndcg@10": ..., "precision@10": ..., "map@10": ...,
-        "hit@10": ..., ...}`` (see :func:`metric_keys`). When no user has a positive every
-        value is NaN (and a warning is logged): there is nothing to measure.
-
-    Raises:
-        ValueError: wrong shapes, a cutoff beyond ``Kmax``, a negative ``n_pos``, or a user
-            with more hits in the top ``max(ks)`` than positives.
-    """
-    ks = check_ks(ks)
+def _check_hits(hits: np.ndarray, n_pos: np.ndarray,
+                ks: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """Validate a ``(U, Kmax)`` hit matrix against ``(U,)`` positive counts (see
+    :func:`topk_metrics`); return ``(hits[:, :max(ks)] as bool, n_pos)``."""
     hits = np.asarray(hits)
     n_pos = np.asarray(n_pos)
     if hits.ndim != 2:
@@ -80,7 +63,6 @@ def topk_metrics(hits: np.ndarray, n_pos: np.ndarray,
                          f"is {kmax}")
     if n_pos.size and n_pos.min() < 0:
         raise ValueError(f"n_pos has a negative count at user row {int(np.argmin(n_pos))}")
-
     hits = hits[:, :kmax].astype(bool, copy=False)
     n_hits = hits.sum(axis=1)
     bad = np.flatnonzero(n_hits > n_pos)
@@ -88,13 +70,24 @@ def topk_metrics(hits: np.ndarray, n_pos: np.ndarray,
         r = int(bad[0])
         raise ValueError(f"user row {r} has {int(n_hits[r])} hits in its top {kmax} but only "
                          f"{int(n_pos[r])} positives; hits and n_pos disagree")
+    return hits, n_pos
 
+
+def per_user_metrics(hits: np.ndarray, n_pos: np.ndarray,
+                     ks: Sequence[int] = DEFAULT_KS) -> dict[str, np.ndarray]:
+    """Recall, NDCG, Precision, MAP and HitRate of every user at every cutoff.
+
+    Same arguments and definitions as :func:`topk_metrics` (module doc); nothing averaged.
+
+    Returns:
+        ``{"recall@10": (U,) float64, ...}`` (keys as :func:`metric_keys`), row ``u`` is
+        user row ``u`` of ``hits``; users with ``n_pos == 0`` hold NaN (they are not
+        measured).
+    """
+    ks = check_ks(ks)
+    hits, n_pos = _check_hits(hits, n_pos, ks)
+    kmax = ks[-1]
     keep = n_pos > 0
-    if not keep.any():
-        log.warning("topk_metrics: none of %d users has a positive; all metrics are NaN",
-                    hits.shape[0])
-        return {key: float("nan") for key in metric_keys(ks)}
-
     h = hits[keep].astype(np.float64)                       # (U', kmax)
     m = n_pos[keep].astype(np.int64)                        # (U',)
     ranks = np.arange(1, kmax + 1, dtype=np.float64)        # (kmax,) 1-based ranks
@@ -106,13 +99,91 @@ def topk_metrics(hits: np.ndarray, n_pos: np.ndarray,
     prec_at_r = cum_hits / ranks                            # (U', kmax) precision@r
     ap_sum = np.cumsum(prec_at_r * h, axis=1)               # (U', kmax) sum of P@r at hits
 
-    per_metric: dict[str, dict[int, float]] = {name: {} for name in METRIC_NAMES}
-    for k in ks:
-        col = k - 1
-        denom = np.minimum(m, k)                            # (U',) min(|pos|, K) >= 1
-        per_metric["recall"][k] = float(np.mean(cum_hits[:, col] / m))
-        per_metric["ndcg"][k] = float(np.mean(dcg[:, col] / ideal[denom - 1]))
-        per_metric["precision"][k] = float(np.mean(cum_hits[:, col] / k))
-        per_metric["map"][k] = float(np.mean(ap_sum[:, col] / denom))
-        per_metric["hit"][k] = float(np.mean(cum_hits[:, col] > 0))
-    return {f"{name}@{k}": per_metric[name][k] for name in METRIC_NAMES for k in ks}
+    out: dict[str, np.ndarray] = {}
+    for name in METRIC_NAMES:
+        for k in ks:
+            col = k - 1
+            denom = np.minimum(m, k)                        # (U',) min(|pos|, K) >= 1
+            if name == "recall":
+                v = cum_hits[:, col] / m
+            elif name == "ndcg":
+                v = dcg[:, col] / ideal[denom - 1]
+            elif name == "precision":
+                v = cum_hits[:, col] / k
+            elif name == "map":
+                v = ap_sum[:, col] / denom
+            else:
+                v = (cum_hits[:, col] > 0).astype(np.float64)
+            full = np.full(n_pos.shape, np.nan)
+            full[keep] = v
+            out[f"{name}@{k}"] = full
+    return out
+
+
+def topk_metrics(hits: np.ndarray, n_pos: np.ndarray,
+                 ks: Sequence[int] = DEFAULT_KS) -> dict[str, float]:
+    """Recall, NDCG, Precision, MAP and HitRate at every cutoff, averaged over users.
+
+    Args:
+        hits: ``(U, Kmax)`` bool; row u, column r: the rank-r item (0-based) of user u is a
+            positive. ``Kmax`` must be ``>= max(ks)``; columns past ``max(ks)`` are ignored.
+        n_pos: ``(U,)`` int; number of distinct positives of each user. Users with 0 are
+            excluded from every average.
+        ks: cutoffs K.
+
+    Returns:
+        ``{"recall@10": ..., "ndcg@10": ..., "precision@10": ..., "map@10": ...,
+        "hit@10": ..., ...}`` (see :func:`metric_keys`): the means of
+        :func:`per_user_metrics` over the users with a positive. When no user has a
+        positive every value is NaN (and a warning is logged): there is nothing to measure.
+
+    Raises:
+        ValueError: wrong shapes, a cutoff beyond ``Kmax``, a negative ``n_pos``, or a user
+            with more hits in the top ``max(ks)`` than positives.
+    """
+    ks = check_ks(ks)
+    per_user = per_user_metrics(hits, n_pos, ks)
+    keep = np.asarray(n_pos) > 0
+    if not keep.any():
+        log.warning("topk_metrics: none of %d users has a positive; all metrics are NaN",
+                    keep.size)
+        return {key: float("nan") for key in metric_keys(ks)}
+    return {key: float(np.mean(per_user[key][keep])) for key in metric_keys(ks)}
+
+
+def standard_error(values: np.ndarray) -> float:
+    """Standard error of the mean of ``(n,)`` per-unit values: ``sd(ddof=1) / sqrt(n)``.
+
+    NaN entries (units not measured) are left out. Returns NaN for fewer than 2 values
+    (no spread can be estimated from one).
+    """
+    v = np.asarray(values, dtype=np.float64).ravel()
+    v = v[~np.isnan(v)]
+    if v.size < 2:
+        return float("nan")
+    return float(np.std(v, ddof=1) / np.sqrt(v.size))
+
+
+def paired_difference(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
+    """Mean and standard error of the per-unit differences ``a - b``.
+
+    Args:
+        a, b: ``(n,)`` per-unit values of two models on the same units (same order).
+            Units where either is NaN are left out.
+
+    Returns:
+        ``(mean(a - b), standard_error(a - b))``.
+
+    Raises:
+        ValueError: shapes differ (the vectors are not aligned).
+    """
+    a = np.asarray(a, dtype=np.float64).ravel()
+    b = np.asarray(b, dtype=np.float64).ravel()
+    if a.shape != b.shape:
+        raise ValueError(f"paired difference: per-unit vectors of {a.size} and {b.size} units "
+                         "are not aligned")
+    d = a - b
+    d = d[~np.isnan(d)]
+    if d.size == 0:
+        return float("nan"), float("nan")
+    return float(np.mean(d)), standard_error(d)

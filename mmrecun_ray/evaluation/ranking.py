@@ -15,13 +15,20 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
 from mmrecun_ray.errors import DataError
-from mmrecun_ray.evaluation.metrics import DEFAULT_KS, check_ks, topk_metrics
+from mmrecun_ray.evaluation.metrics import (
+    DEFAULT_KS,
+    check_ks,
+    per_user_metrics,
+    standard_error,
+    topk_metrics,
+)
 
 log = logging.getLogger(__name__)
 
@@ -264,6 +271,54 @@ def hit_matrix(topk: np.ndarray, users: np.ndarray, target: CSR, n_items: int) -
     return (target_keys[where] == keys) & (topk >= 0)
 
 
+@dataclass
+class UserMetrics:
+    """Per-user metric vectors of one split.
+
+    Attributes:
+        users: ``(U,)`` int64 ids of the evaluated users (those with a target item), sorted.
+        values: ``{"recall@20": (U,) float64, ...}``, row ``j`` belongs to ``users[j]``.
+    """
+
+    users: np.ndarray
+    values: dict[str, np.ndarray]
+
+    def mean(self, key: str) -> float:
+        """Mean of ``values[key]`` over the users (what :func:`evaluate_split` reports)."""
+        v = self.values[key]
+        return float(np.mean(v)) if v.size else float("nan")
+
+    def se(self, key: str) -> float:
+        """Standard error of that mean (:func:`~mmrecun_ray.evaluation.metrics.standard_error`)."""
+        return standard_error(self.values[key])
+
+
+def _split_hits(user_emb: torch.Tensor, item_emb: torch.Tensor, train_csr: CSR | None,
+                target: Any, n_users: int, n_items: int, ks: tuple[int, ...],
+                banned_items: np.ndarray | None, users_subset: np.ndarray | None,
+                batch_size: int | None, memory_budget_bytes: int
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Rank a split's users; return ``(users (U,), hits (U, max(ks)), n_pos (U,))``."""
+    if user_emb.shape[0] != n_users or item_emb.shape[0] != n_items:
+        raise ValueError(f"embeddings {tuple(user_emb.shape)}, {tuple(item_emb.shape)} do not "
+                         f"match n_users={n_users}, n_items={n_items}")
+    t_user, t_item = _user_item_arrays(target)
+    tgt = build_csr(t_user, t_item, n_users, n_items)
+    n_pos_all = np.diff(tgt[0])                                 # (n_users,)
+    users = np.flatnonzero(n_pos_all > 0)
+    if users_subset is not None:
+        subset = np.asarray(users_subset, dtype=np.int64)
+        if subset.size and (subset.min() < 0 or subset.max() >= n_users):
+            bad = int(subset[(subset < 0) | (subset >= n_users)][0])
+            raise DataError(f"evaluate_split: users_subset id {bad} out of range "
+                            f"[0, {n_users})")
+        users = np.intersect1d(users, subset)
+    topk = full_ranking_topk(user_emb, item_emb, users, train_csr, ks[-1],
+                             banned_items=banned_items, batch_size=batch_size,
+                             memory_budget_bytes=memory_budget_bytes)
+    return users, hit_matrix(topk, users, tgt, n_items), n_pos_all[users]
+
+
 def evaluate_split(user_emb: torch.Tensor, item_emb: torch.Tensor, train_csr: CSR | None,
                    target: Any, n_users: int, n_items: int,
                    ks: Sequence[int] = DEFAULT_KS, banned_items: np.ndarray | None = None,
@@ -288,29 +343,39 @@ def evaluate_split(user_emb: torch.Tensor, item_emb: torch.Tensor, train_csr: CS
         :func:`~mmrecun_ray.evaluation.metrics.topk_metrics` for the users with at least one
         target item, plus ``"n_users"``: how many users were evaluated.
     """
-    if user_emb.shape[0] != n_users or item_emb.shape[0] != n_items:
-        raise ValueError(f"embeddings {tuple(user_emb.shape)}, {tuple(item_emb.shape)} do not "
-                         f"match n_users={n_users}, n_items={n_items}")
     ks = check_ks(ks)
-    t_user, t_item = _user_item_arrays(target)
-    tgt = build_csr(t_user, t_item, n_users, n_items)
-    n_pos_all = np.diff(tgt[0])                                 # (n_users,)
-    users = np.flatnonzero(n_pos_all > 0)
-    if users_subset is not None:
-        subset = np.asarray(users_subset, dtype=np.int64)
-        if subset.size and (subset.min() < 0 or subset.max() >= n_users):
-            bad = int(subset[(subset < 0) | (subset >= n_users)][0])
-            raise DataError(f"evaluate_split: users_subset id {bad} out of range "
-                            f"[0, {n_users})")
-        users = np.intersect1d(users, subset)
-    topk = full_ranking_topk(user_emb, item_emb, users, train_csr, ks[-1],
-                             banned_items=banned_items, batch_size=batch_size,
-                             memory_budget_bytes=memory_budget_bytes)
-    hits = hit_matrix(topk, users, tgt, n_items)
-    result: dict[str, float] = topk_metrics(hits, n_pos_all[users], ks)
+    users, hits, n_pos = _split_hits(user_emb, item_emb, train_csr, target, n_users, n_items,
+                                     ks, banned_items, users_subset, batch_size,
+                                     memory_budget_bytes)
+    result: dict[str, float] = topk_metrics(hits, n_pos, ks)
     result["n_users"] = int(users.size)
     log.debug("evaluate_split: %d users, %s", users.size, result)
     return result
+
+
+def evaluate_split_per_user(user_emb: torch.Tensor, item_emb: torch.Tensor,
+                            train_csr: CSR | None, target: Any, n_users: int, n_items: int,
+                            ks: Sequence[int] = DEFAULT_KS,
+                            banned_items: np.ndarray | None = None,
+                            users_subset: np.ndarray | None = None,
+                            batch_size: int | None = None,
+                            memory_budget_bytes: int = DEFAULT_MEMORY_BUDGET_BYTES
+                            ) -> UserMetrics:
+    """The per-user vectors behind :func:`evaluate_split` (same arguments, same users).
+
+    Returns:
+        :class:`UserMetrics`: ``users`` ``(U,)`` (every user with a target item, within
+        ``users_subset`` if given) and ``values[key]`` ``(U,)`` for every
+        :func:`~mmrecun_ray.evaluation.metrics.metric_keys` key; ``mean(key)`` equals
+        ``evaluate_split(...)[key]``. Which users are evaluated depends only on ``target``
+        and ``users_subset``, so two models evaluated on the same split give aligned
+        vectors (for paired comparisons).
+    """
+    ks = check_ks(ks)
+    users, hits, n_pos = _split_hits(user_emb, item_emb, train_csr, target, n_users, n_items,
+                                     ks, banned_items, users_subset, batch_size,
+                                     memory_budget_bytes)
+    return UserMetrics(users=users, values=per_user_metrics(hits, n_pos, ks))
 
 
 def popularity_embeddings(train_user: np.ndarray, train_item: np.ndarray, n_users: int,

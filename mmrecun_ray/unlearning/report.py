@@ -1,25 +1,31 @@
-"""The unlearning comparison report: one row per method, pass/fail against Gold.
+"""The unlearning audit report: methods judged against a band of Gold retrains.
 
-Rows are per-method dicts (any key may be missing; missing values render as "—")::
+Input is a *payload* (a plain dict, JSON-ready; :func:`build_payload` makes one from
+:class:`~mmrecun_ray.unlearning.audit.AuditResult` objects)::
 
-    {"method": "mmrecun", "wall_seconds": 12.3, "speedup_vs_gold": 8.1, "peak_rss_mb": 900,
-     "mia_auc": 0.61, "overlap@20_vs_gold": 0.7,
-     "metrics": {"test": {"recall@20": ..., "ndcg@20": ...},
-                 "forget": {"recall@20": ..., "ndcg@20": ...}}}
+    {"request": {"spec": "users:5%", "id": ..., "kind": "users", "forget_pairs": 2344, ...},
+     "model": "lightgcn", "dataset": "lfm2k",
+     "bands": {metric: Band.to_dict()},                 # from the Gold rows
+     "gold_overlap_ceiling": 0.74,                      # mean Gold-vs-Gold overlap@20
+     "gold_pairs": {metric: [[diff, se], ...]},         # Gold i - Gold j, i < j
+     "retain_ratio_min": 0.97,
+     "rows": [{"method": "mmrecun", "role": "method" | "gold" | "reference", "seed": 0,
+               "wall_seconds": 12.3, "speedup_vs_gold": 8.1, "peak_rss_mb": 900,
+               "peak_rss_tree_mb": 1400, "audit": AuditResult.to_json(),
+               "verdicts": {metric: "inside" | "above" | "below" | "n/a"},
+               "paired": {metric: [[diff, se], ...]},  # vs each Gold, in Gold row order
+               "overlap_vs_golds": [0.71, 0.72], "passes": False}, ...]}
 
-Gold is the model retrained from scratch on the retain set: the row whose ``method`` equals
-``meta["gold_method"]`` (default ``"gold"``) or that has ``"is_gold": True``. Criteria for
-every other method (thresholds from ``meta``, see :class:`Criteria`):
+A method *passes* when every audited number is inside the Gold band and its retain
+Recall@20 is at least ``retain_ratio_min`` x the Gold mean
+(:func:`~mmrecun_ray.unlearning.band.passes`).
 
-- ``forget``:  forget Recall@K <= Gold's + ``forget_recall_tolerance``;
-- ``retain``:  retain (test) Recall@K >= ``retain_ratio_min`` x Gold's;
-- ``mia``:     |MIA AUC - Gold's MIA AUC| <= ``mia_tolerance``;
-- ``speedup``: speed-up vs Gold >= ``speedup_min`` (``speedup_vs_gold``, or Gold's wall
-  time / the method's when absent).
-
-:func:`write_report` writes ``report.md`` (table + one paragraph per criterion),
-``report.html`` (the same, plus inline SVG bar charts drawn here) and ``report.json`` (rows,
-criteria and verdicts) under a local or ``s3://`` URI.
+:func:`write_report` writes ``report.md`` (tables and verdicts), ``report.html`` (the same,
+self-contained: inline CSS and SVG, no script) and ``report.json`` (the payload) under a
+local or ``s3://`` URI. The HTML shows the method table with every number marked inside /
+above / below the band by a text marker (not only colour), the Gold band row, the attacks
+with paired differences against each Gold, a forget-vs-retain scatter with the band as a
+rectangle, the top-20 agreement with its Gold-vs-Gold ceiling, and the costs.
 """
 
 from __future__ import annotations
@@ -28,65 +34,88 @@ import html
 import json
 import logging
 import math
-from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, fields
+from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass
 from typing import Any
+
+import numpy as np
 
 from mmrecun_ray.errors import ConfigError
 from mmrecun_ray.storage import join, write_bytes_atomic
+from mmrecun_ray.unlearning.audit import METRICS, AuditResult, topk_overlap
+from mmrecun_ray.unlearning.band import (
+    RETAIN_METRIC,
+    RETAIN_RATIO_MIN,
+    Band,
+    gold_bands,
+    gold_pairs,
+    judge,
+    overlap_ceiling,
+    paired_vs_golds,
+    passes,
+)
 
 log = logging.getLogger(__name__)
 
 MISSING = "—"
-CRITERIA = ("forget", "retain", "mia", "speedup")
-#: slack on threshold comparisons so that e.g. 0.1 + 0.05 vs 0.15 is not decided by rounding
-_EPS = 1e-12
-#: meta keys accepted as aliases of :class:`Criteria` fields
-_ALIASES = {"mia_tol": "mia_tolerance", "forget_tol": "forget_recall_tolerance"}
+ROLES = ("method", "gold", "reference")
+#: text markers of the verdicts (shown next to every judged number)
+MARKERS = {"inside": "✓", "above": "↑", "below": "↓", "n/a": ""}
+LEGEND = "✓ inside the Gold band, ↑ above it, ↓ below it"
+#: what each metric means, for the tables
+LABELS = {
+    "retain_recall@20": "Retain Recall@20", "retain_ndcg@20": "Retain NDCG@20",
+    "forget_recall@20": "Forget Recall@20", "forget_ndcg@20": "Forget NDCG@20",
+    "mia_auc": "MIA AUC", "fold_in_recall@20": "Fold-in Recall@20",
+    "fold_in_control_recall@20": "Fold-in Recall@20, controls",
+    "item_fold_in_hit@20": "Item fold-in Hit@20",
+    "item_fold_in_control_hit@20": "Item fold-in Hit@20, controls",
+    "diff_auc": "Differencing AUC", "probe_r2": "Probe R²",
+    "overlap@20_vs_gold": "Overlap@20 vs Gold",
+}
+#: the attacks section: metric -> what it attacks
+ATTACKS = {
+    "fold_in_recall@20": "Fold-in (re-identification) on the forgotten users: item vectors "
+                         "fixed, a fresh vector per user fitted on half of their former "
+                         "items, Recall@20 of the other half.",
+    "fold_in_control_recall@20": "The same fold-in on retain control users: every model "
+                                 "should be equal here.",
+    "item_fold_in_hit@20": "Item fold-in (re-listing) on the withdrawn items: user vectors "
+                           "fixed, a fresh vector per item fitted on half of its former "
+                           "users, share of the other half with the item in their top 20.",
+    "item_fold_in_control_hit@20": "The same item fold-in on active control items.",
+    "mia_auc": "Score membership inference: forgotten pairs against never-seen pairs of "
+               "the same users (AUC; s.e. clustered by user).",
+    "diff_auc": "Differencing: an attacker holding the model before and after scores each "
+                "pair by how far its score dropped (AUC of forgotten vs never-seen pairs; "
+                "Gold rows: original -> Gold).",
+    "probe_r2": "Probe: held-out R² of a ridge regression from item representations to the "
+                "dropped modality's features.",
+}
 
 
-@dataclass(frozen=True)
-class Criteria:
-    """Pass/fail thresholds against Gold (read from the report ``meta``).
-
-    Attributes:
-        k: the cut-off K of Recall@K / NDCG@K / overlap@K in the table and criteria.
-        forget_recall_tolerance: forget Recall@K may exceed Gold's by at most this (absolute).
-        retain_ratio_min: retain Recall@K must be at least this fraction of Gold's.
-        mia_tolerance: MIA AUC may differ from Gold's by at most this (absolute).
-        speedup_min: minimum speed-up over Gold's wall time.
-        gold_method: the ``method`` name of the Gold row.
-    """
-
-    k: int = 20
-    forget_recall_tolerance: float = 0.01
-    retain_ratio_min: float = 0.95
-    mia_tolerance: float = 0.05
-    speedup_min: float = 5.0
-    gold_method: str = "gold"
-
-    @classmethod
-    def from_meta(cls, meta: dict[str, Any]) -> "Criteria":
-        """Pick the threshold keys out of ``meta`` (other keys are ignored)."""
-        kwargs: dict[str, Any] = {}
-        for key, value in meta.items():
-            name = _ALIASES.get(key, key)
-            if name not in {f.name for f in fields(cls)}:
-                continue
-            if name == "gold_method":
-                kwargs[name] = str(value)
-                continue
-            try:
-                kwargs[name] = int(value) if name == "k" else float(value)
-            except (TypeError, ValueError) as e:
-                raise ConfigError(f"report meta {key!r}: expected a number, got {value!r}") from e
-        crit = cls(**kwargs)
-        if crit.k <= 0:
-            raise ConfigError(f"report meta 'k': must be > 0, got {crit.k}")
-        return crit
+def _fmt_value(v: float | None) -> str:
+    """A metric value (every metric lies within [-1, 1]), to 4 decimals."""
+    if v is None or not math.isfinite(v):
+        return MISSING
+    return f"{v:.4f}"
 
 
-# -- row access -------------------------------------------------------------------------------
+def _fmt_seconds(v: float | None) -> str:
+    if v is None or not math.isfinite(v):
+        return MISSING
+    return f"{v:.0f}" if v >= 100 else f"{v:.1f}" if v >= 1 else f"{v:.2f}"
+
+
+def _fmt_diff(diff: float, se: float) -> str:
+    """``+0.0590 ± 0.0120 (+4.9 s.e.)``."""
+    if not math.isfinite(diff):
+        return MISSING
+    if not math.isfinite(se) or se <= 0:
+        return f"{diff:+.4f}"
+    return f"{diff:+.4f} ± {se:.4f} ({diff / se:+.1f} s.e.)"
+
+
 def _num(value: Any) -> float | None:
     """A finite float, or None for missing / non-numeric / NaN values."""
     if value is None or isinstance(value, bool):
@@ -98,229 +127,355 @@ def _num(value: Any) -> float | None:
     return v if math.isfinite(v) else None
 
 
-def _field(row: dict[str, Any], key: str) -> float | None:
-    return _num(row.get(key))
+# -- payload ----------------------------------------------------------------------------------
+@dataclass
+class AuditedRun:
+    """One audited model for :func:`build_payload`.
+
+    Attributes:
+        method: row name (unique), e.g. ``"mmrecun"``, ``"gold"``, ``"gold-seed1"``,
+            ``"original"``.
+        role: ``"method"`` (judged), ``"gold"`` (makes the band) or ``"reference"``
+            (shown and judged for context, e.g. the original model).
+        result: its audit (same context as the others).
+        seed, wall_seconds, peak_rss_mb, peak_rss_tree_mb: as measured (None = unknown).
+        speedup_vs_gold: given, or None to compute mean Gold wall / this wall.
+    """
+
+    method: str
+    role: str
+    result: AuditResult
+    seed: int | None = None
+    wall_seconds: float | None = None
+    peak_rss_mb: float | None = None
+    peak_rss_tree_mb: float | None = None
+    speedup_vs_gold: float | None = None
 
 
-def _metric(row: dict[str, Any], split: str, key: str) -> float | None:
-    split_metrics = (row.get("metrics") or {}).get(split) or {}
-    return _num(split_metrics.get(key))
+def build_payload(runs: Sequence[AuditedRun], request: dict[str, Any], model: str,
+                  dataset: str, retain_ratio_min: float = RETAIN_RATIO_MIN) -> dict[str, Any]:
+    """The report payload (module doc) from audited runs; at least one has role ``gold``.
+
+    Bands come from the Gold rows (:func:`~mmrecun_ray.unlearning.band.gold_bands`); every
+    row is judged against them and paired with each Gold (a Gold row with the other Golds);
+    overlap@20 is computed here from the runs' top-20 lists, against every Gold.
+
+    Raises:
+        ConfigError: no Gold row, an unknown role or a repeated method name.
+    """
+    names = [r.method for r in runs]
+    for r in runs:
+        if r.role not in ROLES:
+            raise ConfigError(f"report row {r.method!r}: role must be one of {ROLES}, "
+                              f"got {r.role!r}")
+        if names.count(r.method) > 1:
+            raise ConfigError(f"report row {r.method!r}: method name appears twice")
+    golds = [r for r in runs if r.role == "gold"]
+    if not golds:
+        raise ConfigError(f"report: no row with role 'gold' among {names}; the band needs "
+                          "at least one Gold retrain")
+    gres = [g.result for g in golds]
+    bands = gold_bands(gres)
+    walls = [g.wall_seconds for g in golds if _num(g.wall_seconds)]
+    gold_wall = float(np.mean(walls)) if walls else None
+    rows = []
+    for r in runs:
+        others = [g.result for g in golds if g is not r]
+        paired = {m: [list(p) for p in paired_vs_golds(r.result, others, m)]
+                  for m in bands if m in r.result.values}
+        overlaps = [topk_overlap(r.result.top20, g.top20) for g in others
+                    if r.result.top20 is not None and g.top20 is not None]
+        speedup = r.speedup_vs_gold
+        if speedup is None and gold_wall and _num(r.wall_seconds):
+            speedup = gold_wall / r.wall_seconds
+        rows.append({
+            "method": r.method, "role": r.role, "seed": r.seed,
+            "wall_seconds": r.wall_seconds, "speedup_vs_gold": speedup,
+            "peak_rss_mb": r.peak_rss_mb, "peak_rss_tree_mb": r.peak_rss_tree_mb,
+            "audit": r.result.to_json(), "verdicts": judge(r.result, bands),
+            "paired": paired, "overlap_vs_golds": overlaps,
+            "passes": passes(r.result, bands, retain_ratio_min=retain_ratio_min),
+        })
+    return {"request": request, "model": model, "dataset": dataset,
+            "bands": {m: b.to_dict() for m, b in bands.items()},
+            "gold_overlap_ceiling": overlap_ceiling(gres),
+            "gold_pairs": {m: [list(p) for p in gold_pairs(gres, m)] for m in bands},
+            "retain_ratio_min": retain_ratio_min, "rows": rows}
 
 
-def _speedup(row: dict[str, Any], gold: dict[str, Any] | None) -> float | None:
-    """``speedup_vs_gold`` if given, else Gold wall / this wall (1.0 for Gold itself)."""
-    given = _field(row, "speedup_vs_gold")
-    if given is not None:
-        return given
-    if gold is None:
-        return None
-    if row is gold:
-        return 1.0
-    mine, ref = _field(row, "wall_seconds"), _field(gold, "wall_seconds")
-    if mine is None or ref is None or mine <= 0:
-        return None
-    return ref / mine
-
-
-def _check_rows(rows: Sequence[dict[str, Any]]) -> None:
+# -- reading a payload ------------------------------------------------------------------------
+def _check_payload(payload: dict[str, Any]) -> None:
+    """ConfigError naming the first malformed part of a payload."""
+    if not isinstance(payload, dict):
+        raise ConfigError(f"report payload: expected a dict, got {type(payload).__name__}")
+    rows = payload.get("rows")
+    if not isinstance(rows, list) or not rows:
+        raise ConfigError("report payload: key 'rows' must be a non-empty list of rows")
     seen: set[str] = set()
     for n, row in enumerate(rows):
-        if not isinstance(row, dict) or not isinstance(row.get("method"), str) or not row["method"]:
-            raise ConfigError(f"report row #{n}: needs a non-empty string 'method', "
-                              f"got {row!r:.80}")
+        if not isinstance(row, dict) or not isinstance(row.get("method"), str) or \
+                not row["method"]:
+            raise ConfigError(f"report payload row #{n}: needs a non-empty string 'method'")
         if row["method"] in seen:
-            raise ConfigError(f"report row #{n}: method {row['method']!r} appears twice")
+            raise ConfigError(f"report payload row #{n}: method {row['method']!r} appears "
+                              "twice")
+        if row.get("role", "method") not in ROLES:
+            raise ConfigError(f"report payload row {row['method']!r}: role must be one of "
+                              f"{ROLES}, got {row.get('role')!r}")
         seen.add(row["method"])
+    if not isinstance(payload.get("bands", {}), dict):
+        raise ConfigError("report payload: key 'bands' must map metric -> band")
 
 
-def find_gold(rows: Sequence[dict[str, Any]], crit: Criteria) -> dict[str, Any] | None:
-    """The Gold row (``method == crit.gold_method`` or ``is_gold``), or None if absent."""
-    golds = [r for r in rows if r.get("method") == crit.gold_method or r.get("is_gold") is True]
-    if len(golds) > 1:
-        raise ConfigError(f"report: several Gold rows {[g['method'] for g in golds]}; mark one")
-    return golds[0] if golds else None
-
-
-# -- verdicts ---------------------------------------------------------------------------------
-def _verdict(ok: bool | None, value: float | None, gold: float | None, rule: str) -> dict[str, Any]:
-    return {"pass": ok, "value": value, "gold": gold, "rule": rule}
-
-
-def _cmp(ok: bool, when_pass: str, when_fail: str) -> str:
-    """The sign that holds for the numbers: the rule's sign on a pass, its negation else."""
-    return when_pass if ok else when_fail
-
-
-def _judge(row: dict[str, Any], gold: dict[str, Any], c: Criteria) -> dict[str, dict[str, Any]]:
-    k = c.k
-    out: dict[str, dict[str, Any]] = {}
-
-    v, g = _metric(row, "forget", f"recall@{k}"), _metric(gold, "forget", f"recall@{k}")
-    if v is None or g is None:
-        out["forget"] = _verdict(None, v, g, f"forget Recall@{k} missing")
-    else:
-        lim = g + c.forget_recall_tolerance
-        ok = v <= lim + _EPS
-        out["forget"] = _verdict(ok, v, g, f"forget Recall@{k} {v:.4f} {_cmp(ok, '<=', '>')} "
-                                 f"Gold {g:.4f} + {c.forget_recall_tolerance:g} = {lim:.4f}")
-
-    v, g = _metric(row, "test", f"recall@{k}"), _metric(gold, "test", f"recall@{k}")
-    if v is None or g is None:
-        out["retain"] = _verdict(None, v, g, f"retain Recall@{k} missing")
-    else:
-        lim = c.retain_ratio_min * g
-        ok = v >= lim - _EPS
-        out["retain"] = _verdict(ok, v, g, f"retain Recall@{k} {v:.4f} {_cmp(ok, '>=', '<')} "
-                                 f"{c.retain_ratio_min:g} x Gold {g:.4f} = {lim:.4f}")
-
-    v, g = _field(row, "mia_auc"), _field(gold, "mia_auc")
-    if v is None or g is None:
-        out["mia"] = _verdict(None, v, g, "MIA AUC missing")
-    else:
-        ok = abs(v - g) <= c.mia_tolerance + _EPS
-        out["mia"] = _verdict(ok, v, g, f"|MIA AUC {v:.3f} - Gold {g:.3f}| = {abs(v - g):.3f} "
-                              f"{_cmp(ok, '<=', '>')} {c.mia_tolerance:g}")
-
-    v = _speedup(row, gold)
-    if v is None:
-        out["speedup"] = _verdict(None, None, None, "speed-up missing")
-    else:
-        ok = v >= c.speedup_min - _EPS
-        out["speedup"] = _verdict(ok, v, None,
-                                  f"speed-up {v:.1f}x {_cmp(ok, '>=', '<')} {c.speedup_min:g}x")
+def _bands(payload: dict[str, Any]) -> dict[str, Band]:
+    out = {}
+    for m, b in (payload.get("bands") or {}).items():
+        try:
+            out[m] = Band(**b)
+        except TypeError as e:
+            raise ConfigError(f"report payload band {m!r}: {e}") from e
     return out
 
 
-def verdicts(rows: Sequence[dict[str, Any]], meta: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """Pass/fail of every non-Gold method on each criterion vs the Gold row.
-
-    Args:
-        rows: per-method dicts (module doc).
-        meta: thresholds (:class:`Criteria` fields; other keys ignored).
-
-    Returns:
-        ``{method: {criterion: {"pass": bool | None, "value": float | None,
-        "gold": float | None, "rule": str}}}`` for criteria ``forget``, ``retain``, ``mia``,
-        ``speedup``; ``pass`` is None when a number needed is missing.
-
-    Raises:
-        ConfigError: malformed rows, or no Gold row.
-    """
-    _check_rows(rows)
-    crit = Criteria.from_meta(meta)
-    gold = find_gold(rows, crit)
-    if gold is None:
-        raise ConfigError(f"report: no Gold row (method {crit.gold_method!r} or is_gold=True) "
-                          f"among {[r['method'] for r in rows]}")
-    return {r["method"]: _judge(r, gold, crit) for r in rows if r is not gold}
+def _value(row: dict[str, Any], metric: str) -> float | None:
+    return _num(((row.get("audit") or {}).get("values") or {}).get(metric))
 
 
-# -- table ------------------------------------------------------------------------------------
-def _fmt(v: float | None, spec: str, suffix: str = "") -> str:
-    return MISSING if v is None else f"{v:{spec}}{suffix}"
+def _overlap(row: dict[str, Any]) -> float | None:
+    ov = [v for v in (row.get("overlap_vs_golds") or []) if _num(v) is not None]
+    if ov:
+        return float(np.mean(ov))
+    return _value(row, "overlap@20_vs_gold")
 
 
-def _fmt_seconds(v: float | None) -> str:
-    if v is None:
-        return MISSING
-    return f"{v:.0f}" if v >= 100 else f"{v:.1f}" if v >= 1 else f"{v:.2f}"
+def _ordered_rows(payload: dict[str, Any]) -> list[dict[str, Any]]:
+    """Methods first, then references, then Golds (stable within a role)."""
+    order = {"method": 0, "reference": 1, "gold": 2}
+    return sorted(payload["rows"], key=lambda r: order[r.get("role", "method")])
 
 
-def table(rows: Sequence[dict[str, Any]], crit: Criteria,
-          gold: dict[str, Any] | None) -> tuple[list[str], list[list[str]]]:
-    """Header and formatted cells of the comparison table (shared by Markdown and HTML)."""
-    k = crit.k
-    header = ["Method", f"Retain Recall@{k}", f"Retain NDCG@{k}", f"Forget Recall@{k}",
-              f"Forget NDCG@{k}", "MIA AUC", f"Overlap@{k} vs Gold", "Wall (s)", "Speed-up",
-              "Peak RSS (MB)", "Peak RSS, Ray tree (MB)"]
+def _metrics(payload: dict[str, Any]) -> list[str]:
+    """Audited metrics any row reports, in :data:`METRICS` order (overlap aside)."""
+    present = {m for r in payload["rows"] for m in ((r.get("audit") or {}).get("values") or {})}
+    present |= set(payload.get("bands") or {})
+    return [m for m in METRICS if m in present and m != "overlap@20_vs_gold"]
+
+
+def _y_metric(payload: dict[str, Any]) -> str:
+    """The scatter's y: fold-in recall for users requests, forget recall otherwise."""
+    kind = (payload.get("request") or {}).get("kind")
+    metrics = _metrics(payload)
+    if kind == "users" and "fold_in_recall@20" in metrics:
+        return "fold_in_recall@20"
+    return "forget_recall@20"
+
+
+def _verdict(row: dict[str, Any], bands: dict[str, Band], metric: str) -> str:
+    v = (row.get("verdicts") or {}).get(metric)
+    if v in MARKERS:
+        return v
+    band = bands.get(metric)
+    return band.verdict(_value(row, metric)) if band is not None else "n/a"
+
+
+def _reasons(row: dict[str, Any], bands: dict[str, Band], ratio: float) -> list[str]:
+    """Why a row fails (empty when it passes)."""
+    out = []
+    for m, band in bands.items():
+        v = _value(row, m)
+        if v is None:
+            continue
+        verdict = _verdict(row, bands, m)
+        if verdict in ("above", "below"):
+            edge = band.hi if verdict == "above" else band.lo
+            digits = next((d for d in range(4, 8) if f"{v:.{d}f}" != f"{edge:.{d}f}"), 8)
+            out.append(f"{LABELS.get(m, m)} {v:.{digits}f} is {verdict} the Gold band "
+                       f"[{band.lo:.{digits}f}, {band.hi:.{digits}f}]")
+    band, v = bands.get(RETAIN_METRIC), _value(row, RETAIN_METRIC)
+    if band is not None and v is not None and v < ratio * band.mean - 1e-12:
+        out.append(f"{LABELS[RETAIN_METRIC]} {v:.4f} < {ratio:g} × Gold mean {band.mean:.4f}")
+    return out
+
+
+def _summary_lines(payload: dict[str, Any], bands: dict[str, Band]) -> list[str]:
+    """One sentence per judged row: PASS / FAIL and the reasons."""
+    ratio = float(payload.get("retain_ratio_min", RETAIN_RATIO_MIN))
+    lines = []
+    for row in _ordered_rows(payload):
+        if row.get("role") == "gold":
+            continue
+        reasons = _reasons(row, bands, ratio)
+        ok = row.get("passes")
+        ok = (not reasons) if ok is None else bool(ok)
+        tag = "PASS" if ok else "FAIL"
+        what = " (reference)" if row.get("role") == "reference" else ""
+        lines.append(f"{row['method']}{what}: {tag}" + (": " + "; ".join(reasons) + "."
+                                                          if reasons else
+                                                          ": every audited number inside "
+                                                          "the Gold band."))
+    return lines
+
+
+def _table(payload: dict[str, Any], bands: dict[str, Band]) -> tuple[list[str], list[list[str]],
+                                                                     list[list[str]]]:
+    """Header, cells and per-cell verdicts of the method table (first body row: the band)."""
+    metrics = _metrics(payload)
+    header = (["Method", "Role", "Seed"] + [LABELS.get(m, m) for m in metrics]
+              + ["Overlap@20 vs Gold"])
+    ceiling = _num(payload.get("gold_overlap_ceiling"))
+    k = max((b.n for b in bands.values()), default=0)
+    band_row = [f"Gold band (K={k})", "band", MISSING]
+    for m in metrics:
+        b = bands.get(m)
+        band_row.append(MISSING if b is None else
+                        f"{_fmt_value(b.mean)} ± {_fmt_value(b.half_width)}")
+    band_row.append(f"ceiling {_fmt_value(ceiling)}")
+    body, marks = [band_row], [[""] * len(band_row)]
+    for row in _ordered_rows(payload):
+        cells = [row["method"], row.get("role", "method"),
+                 MISSING if row.get("seed") is None else str(row["seed"])]
+        vmarks = ["", "", ""]
+        for m in metrics:
+            v = _value(row, m)
+            verdict = _verdict(row, bands, m) if v is not None else "n/a"
+            marker = MARKERS[verdict]
+            cells.append(_fmt_value(v) + (f" {marker}" if marker else ""))
+            vmarks.append(verdict)
+        cells.append(_fmt_value(_overlap(row)))
+        vmarks.append("")
+        body.append(cells)
+        marks.append(vmarks)
+    return header, body, marks
+
+
+def _cost_table(payload: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """Header and cells of the cost table: wall time, speed-up over Gold, peak memory."""
+    header = ["Method", "Role", "Wall (s)", "Speed-up vs Gold", "Peak RSS (MB)",
+              "Peak RSS, process tree (MB)"]
     body = []
-    for r in rows:
-        name = r["method"] + (" (Gold)" if r is gold else "")
-        body.append([
-            name,
-            _fmt(_metric(r, "test", f"recall@{k}"), ".4f"),
-            _fmt(_metric(r, "test", f"ndcg@{k}"), ".4f"),
-            _fmt(_metric(r, "forget", f"recall@{k}"), ".4f"),
-            _fmt(_metric(r, "forget", f"ndcg@{k}"), ".4f"),
-            _fmt(_field(r, "mia_auc"), ".3f"),
-            _fmt(1.0 if r is gold and _field(r, f"overlap@{k}_vs_gold") is None
-                 else _field(r, f"overlap@{k}_vs_gold"), ".3f"),
-            _fmt_seconds(_field(r, "wall_seconds")),
-            _fmt(_speedup(r, gold), ".1f", "×"),
-            _fmt(_field(r, "peak_rss_mb"), ".0f"),
-            _fmt(_field(r, "peak_rss_tree_mb"), ".0f"),
-        ])
+    for row in _ordered_rows(payload):
+        speed = _num(row.get("speedup_vs_gold"))
+        rss, tree = _num(row.get("peak_rss_mb")), _num(row.get("peak_rss_tree_mb"))
+        body.append([row["method"], row.get("role", "method"),
+                     _fmt_seconds(_num(row.get("wall_seconds"))),
+                     MISSING if speed is None else f"{speed:.1f}×",
+                     MISSING if rss is None else f"{rss:.0f}",
+                     MISSING if tree is None else f"{tree:.0f}"])
     return header, body
 
 
-def _criteria_text(crit: Criteria) -> dict[str, str]:
-    k = crit.k
-    return {
-        "forget": f"Forgetting: forget Recall@{k} must be at most Gold's + "
-                  f"{crit.forget_recall_tolerance:g}.",
-        "retain": f"Retained utility: retain (test) Recall@{k} must be at least "
-                  f"{crit.retain_ratio_min:g} × Gold's.",
-        "mia": f"Membership inference: MIA AUC must be within {crit.mia_tolerance:g} of Gold's "
-               "(0.5 = forgotten pairs look like never-seen ones).",
-        "speedup": f"Efficiency: speed-up over Gold's wall time must be at least "
-                   f"{crit.speedup_min:g}×.",
-    }
+def _attack_tables(payload: dict[str, Any]) -> list[tuple[str, str, list[str], list[list[str]]]]:
+    """Per attack metric: ``(metric, caption, header, rows)`` of paired differences."""
+    golds = [r["method"] for r in payload["rows"] if r.get("role") == "gold"]
+    out = []
+    for m in ATTACKS:
+        if not any(_value(r, m) is not None for r in payload["rows"]):
+            continue
+        header = ["Model", LABELS.get(m, m)] + [f"− {g}" for g in golds]
+        rows = []
+        for row in _ordered_rows(payload):
+            diffs = list(row.get("paired", {}).get(m) or [])
+            cells = [row["method"], _fmt_value(_value(row, m))]
+            if row.get("role") == "gold":   # its pairs skip itself: put a dash in its column
+                it = iter(diffs)
+                cells += [MISSING if g == row["method"] else _fmt_diff(*next(it, (math.nan,
+                                                                                    math.nan)))
+                          for g in golds]
+            else:
+                cells += [_fmt_diff(*d) for d in diffs] + \
+                    [MISSING] * (len(golds) - len(diffs))
+            rows.append(cells)
+        out.append((m, ATTACKS[m], header, rows))
+    return out
 
 
-def _criteria_paragraphs(verd: dict[str, dict[str, Any]], crit: Criteria) -> list[str]:
-    """One plain-text paragraph per criterion: the rule, then each method's outcome."""
-    paras = []
-    for name, intro in _criteria_text(crit).items():
-        parts = []
-        for method, v in verd.items():
-            res = v[name]
-            word = "n/a" if res["pass"] is None else "PASS" if res["pass"] else "FAIL"
-            parts.append(f"{method}: {word} ({res['rule']})")
-        paras.append(intro + " " + ("; ".join(parts) + "." if parts else "No method to judge."))
-    return paras
+def _gold_pair_line(payload: dict[str, Any], metric: str) -> str:
+    golds = [r["method"] for r in payload["rows"] if r.get("role") == "gold"]
+    pairs = (payload.get("gold_pairs") or {}).get(metric) or []
+    names = [(golds[i], golds[j]) for i in range(len(golds)) for j in range(i + 1, len(golds))]
+    parts = [f"{a} − {b} = {_fmt_diff(*d)}" for (a, b), d in zip(names, pairs)]
+    return ("Gold vs Gold: " + "; ".join(parts)) if parts else \
+        "Gold vs Gold: one Gold only, no pair."
 
 
-def _meta_lines(meta: dict[str, Any]) -> list[tuple[str, str]]:
-    return [(str(k), str(v)) for k, v in sorted(meta.items(), key=lambda kv: str(kv[0]))
-            if isinstance(v, (str, int, float, bool))]
+def _setup(payload: dict[str, Any]) -> list[tuple[str, str]]:
+    req = payload.get("request") or {}
+    out = [("dataset", str(payload.get("dataset", MISSING))),
+           ("model", str(payload.get("model", MISSING)))]
+    if isinstance(req, dict):
+        out += [(f"request {k}", str(v)) for k, v in req.items()
+                if isinstance(v, (str, int, float, bool))]
+    golds = [r for r in payload["rows"] if r.get("role") == "gold"]
+    out.append(("Gold retrains", f"{len(golds)} (seeds "
+                + ", ".join(str(g.get("seed", MISSING)) for g in golds) + ")"))
+    return out
 
 
-def render_markdown(rows: Sequence[dict[str, Any]], meta: dict[str, Any]) -> str:
-    """``report.md``: setup, the comparison table and one paragraph per criterion."""
-    _check_rows(rows)
-    crit = Criteria.from_meta(meta)
-    gold = find_gold(rows, crit)
-    header, body = table(rows, crit, gold)
+def _title(payload: dict[str, Any]) -> str:
+    req = payload.get("request") or {}
+    spec = req.get("spec") if isinstance(req, dict) else None
+    return (f"Unlearning audit: {payload.get('dataset', '?')}, {payload.get('model', '?')}, "
+            f"request {spec or (req.get('kind') if isinstance(req, dict) else '?')}")
 
+
+def _audit_seconds(payload: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    groups: list[str] = []
+    for r in payload["rows"]:
+        for g in ((r.get("audit") or {}).get("seconds") or {}):
+            if g not in groups:
+                groups.append(g)
+    rows = [[r["method"]] + [_fmt_seconds(_num(((r.get("audit") or {}).get("seconds") or {})
+                                                .get(g))) for g in groups]
+            for r in _ordered_rows(payload)]
+    return ["Model"] + groups, rows
+
+
+# -- Markdown ---------------------------------------------------------------------------------
+def _md_table(header: list[str], rows: list[list[str]]) -> list[str]:
     def md_row(cells: list[str]) -> str:
         return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
+    return [md_row(header), "|" + "---|" + "---:|" * (len(header) - 1)] + \
+        [md_row(r) for r in rows]
 
-    lines = [f"# {meta.get('title', 'Unlearning comparison')}", ""]
-    setup = _meta_lines({k: v for k, v in meta.items() if k != "title"})
-    if setup:
-        lines += [f"- **{k}**: {v}" for k, v in setup] + [""]
-    lines += [md_row(header), "|" + "---|" + "---:|" * (len(header) - 1)]
-    lines += [md_row(r) for r in body] + ["", "## Criteria vs Gold", ""]
-    if gold is None:
-        lines += [f"No Gold row (method {crit.gold_method!r}): criteria not evaluated.", ""]
-    else:
-        verd = verdicts(rows, meta)
-        for p in _criteria_paragraphs(verd, crit):
-            lines += [p, ""]
-        lines += [_summary(verd), ""]
+
+def render_markdown(payload: dict[str, Any]) -> str:
+    """``report.md``: setup, verdicts, the method table with the band, the attacks, costs."""
+    _check_payload(payload)
+    bands = _bands(payload)
+    lines = [f"# {_title(payload)}", ""]
+    lines += [f"- **{k}**: {v}" for k, v in _setup(payload)] + [""]
+    lines += ["## Verdict", "",
+              f"A method passes when every audited number is inside the Gold band (mean ± "
+              f"max(2 sd, 2 s.e.) over the Gold retrains) and its retain Recall@20 is at "
+              f"least {float(payload.get('retain_ratio_min', RETAIN_RATIO_MIN)):g} × the "
+              "Gold mean.", ""]
+    lines += [f"- {s}" for s in _summary_lines(payload, bands)] + [""]
+    header, body, _ = _table(payload, bands)
+    lines += ["## Methods against the Gold band", "", LEGEND + ".", ""]
+    lines += _md_table(header, body) + [""]
+    lines += ["## Attacks", "",
+              "Differences are paired over the same users / items (s.e. of the per-unit "
+              "differences; for AUCs per-user pseudo-values), against each Gold.", ""]
+    for m, caption, h, rows in _attack_tables(payload):
+        lines += [f"### {LABELS.get(m, m)}", "", caption, ""] + _md_table(h, rows)
+        lines += ["", _gold_pair_line(payload, m), ""]
+    lines += ["## Top-20 agreement with Gold", ""]
+    ceiling = _num(payload.get("gold_overlap_ceiling"))
+    lines.append(f"Gold-vs-Gold overlap@20 (the ceiling): {_fmt_value(ceiling)}.")
+    lines.append("")
+    for row in _ordered_rows(payload):
+        lines.append(f"- {row['method']}: {_fmt_value(_overlap(row))}")
+    lines += ["", "## Cost", ""] + _md_table(*_cost_table(payload))
+    h, rows = _audit_seconds(payload)
+    lines += ["", "### Audit time (s)", ""] + _md_table(h, rows) + [""]
     return "\n".join(lines)
-
-
-def _summary(verd: dict[str, dict[str, Any]]) -> str:
-    winners = [m for m, v in verd.items() if all(v[c]["pass"] is True for c in CRITERIA)]
-    return ("Methods meeting every criterion: " + (", ".join(winners) if winners else "none") + ".")
 
 
 # -- SVG charts -------------------------------------------------------------------------------
 def svg_bar_chart(title: str, labels: Sequence[str], values: Sequence[float | None], *,
                   fmt: Callable[[float], str], log_scale: bool = False,
                   domain: tuple[float, float] | None = None, ref: float | None = None,
-                  ref_label: str = "", highlight: int | None = None, width: int = 640) -> str:
+                  ref_label: str = "", highlight: Collection[int] = (), width: int = 640) -> str:
     """A horizontal bar chart as an inline ``<svg>`` element.
 
     Args:
@@ -332,7 +487,7 @@ def svg_bar_chart(title: str, labels: Sequence[str], values: Sequence[float | No
         domain: ``(lo, hi)`` axis range; default 0 (or the decade below the minimum in log
             scale) to just above the maximum.
         ref: draw a dashed vertical reference line at this value, captioned ``ref_label``.
-        highlight: index of a bar drawn in the accent colour (Gold).
+        highlight: indices of bars drawn in the accent colour (the Golds).
         width: total width in pixels.
     """
     left, right, top, bar_h, gap, bottom = 170, 70, 44, 20, 8, 30
@@ -382,7 +537,7 @@ def svg_bar_chart(title: str, labels: Sequence[str], values: Sequence[float | No
             continue
         x0 = left if log_scale else x(max(lo, min(0.0, hi)))
         x1 = x(v)
-        colour = "#d95f02" if n == highlight else "#1b9e77"
+        colour = "#d95f02" if n in highlight else "#1b9e77"
         parts.append(f'<rect x="{min(x0, x1):.1f}" y="{y}" width="{abs(x1 - x0):.1f}" '
                      f'height="{bar_h}" fill="{colour}"/>')
         parts.append(f'<text x="{max(x0, x1) + 4:.1f}" y="{y + bar_h * 0.7:.1f}" '
@@ -400,104 +555,226 @@ def svg_bar_chart(title: str, labels: Sequence[str], values: Sequence[float | No
     return "\n".join(parts)
 
 
-def _charts(rows: Sequence[dict[str, Any]], crit: Criteria,
-            gold: dict[str, Any] | None) -> list[str]:
-    k = crit.k
-    labels = [r["method"] for r in rows]
-    hl = next((n for n, r in enumerate(rows) if r is gold), None)
-    retain = [_metric(r, "test", f"recall@{k}") for r in rows]
-    forget = [_metric(r, "forget", f"recall@{k}") for r in rows]
-    wall = [_field(r, "wall_seconds") for r in rows]
-    mia = [_field(r, "mia_auc") for r in rows]
-    positive = [w for w in wall if w is not None and w > 0]
-    log_wall = bool(positive) and max(positive) / min(positive) >= 10
-    return [
-        svg_bar_chart(f"Retain (test) Recall@{k}", labels, retain, fmt=lambda v: f"{v:.4f}",
-                      highlight=hl),
-        svg_bar_chart(f"Forget-set Recall@{k} (lower = more forgotten)", labels, forget,
-                      fmt=lambda v: f"{v:.4f}", highlight=hl),
-        svg_bar_chart("Wall time (s)", labels, wall, fmt=_fmt_seconds, log_scale=log_wall,
-                      highlight=hl),
-        svg_bar_chart("Membership-inference AUC", labels, mia, fmt=lambda v: f"{v:.3f}",
-                      domain=(0.0, 1.0), ref=0.5, ref_label="0.5 = chance", highlight=hl),
-    ]
 
 
-_CSS = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}"
-        "table{border-collapse:collapse;margin:1em 0}th,td{border:1px solid #ccc;"
-        "padding:4px 8px}td{text-align:right}td:first-child{text-align:left}"
-        "th{background:#f4f4f4}.pass{color:#1a7f37}.fail{color:#c62828}.na{color:#888}"
-        "svg{display:block;margin:1em 0}")
+def _label_offsets() -> list[float]:
+    return [0.0] + [s * d for d in (13.0, 26.0, 39.0, 52.0) for s in (1, -1)]
 
 
-def render_html(rows: Sequence[dict[str, Any]], meta: dict[str, Any]) -> str:
-    """``report.html``: the table, the criteria verdicts and four inline SVG bar charts."""
-    _check_rows(rows)
-    crit = Criteria.from_meta(meta)
-    gold = find_gold(rows, crit)
-    header, body = table(rows, crit, gold)
+def svg_scatter(title: str, points: Sequence[tuple[str, float, float, str]], *,
+                x_label: str, y_label: str,
+                x_band: tuple[float, float] | None = None,
+                y_band: tuple[float, float] | None = None,
+                width: int = 700, height: int = 460) -> str:
+    """A labelled scatter plot as an inline ``<svg>`` element, with an optional band
+    rectangle ``x_band x y_band``.
+
+    Args:
+        title: chart title.
+        points: ``(label, x, y, role)``; role ``gold`` draws a hollow orange circle,
+            ``reference`` a grey square, anything else a filled green circle.
+        x_label, y_label: axis captions.
+        x_band, y_band: ``(lo, hi)`` of the Gold band on each axis.
+        width, height: pixels.
+    """
+    left, right, top, bottom = 70, 150, 40, 50
+    pw, ph = width - left - right, height - top - bottom
+    xs = [p[1] for p in points] + (list(x_band) if x_band else [])
+    ys = [p[2] for p in points] + (list(y_band) if y_band else [])
+
+    def domain(v: list[float]) -> tuple[float, float]:
+        lo, hi = (min(v), max(v)) if v else (0.0, 1.0)
+        pad = (hi - lo) * 0.12 or max(abs(hi) * 0.1, 0.01)
+        return lo - pad, hi + pad
+
+    (x0, x1), (y0, y1) = domain(xs), domain(ys)
+
+    def px(v: float) -> float:
+        return left + pw * (v - x0) / (x1 - x0)
+
+    def py(v: float) -> float:
+        return top + ph * (1.0 - (v - y0) / (y1 - y0))
+
     esc = html.escape
-    title = esc(str(meta.get("title", "Unlearning comparison")))
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+             f'viewBox="0 0 {width} {height}" role="img" aria-label="{esc(title)}">',
+             f'<text x="{left}" y="20" font-size="14" font-weight="bold">{esc(title)}</text>',
+             f'<rect x="{left}" y="{top}" width="{pw}" height="{ph}" fill="none" '
+             'stroke="#999"/>']
+    for t in range(5):
+        xv, yv = x0 + (x1 - x0) * t / 4, y0 + (y1 - y0) * t / 4
+        parts.append(f'<line x1="{px(xv):.1f}" y1="{top}" x2="{px(xv):.1f}" '
+                     f'y2="{top + ph}" stroke="#eee"/>')
+        parts.append(f'<text x="{px(xv):.1f}" y="{top + ph + 16}" font-size="11" '
+                     f'text-anchor="middle">{xv:.3f}</text>')
+        parts.append(f'<line x1="{left}" y1="{py(yv):.1f}" x2="{left + pw}" '
+                     f'y2="{py(yv):.1f}" stroke="#eee"/>')
+        parts.append(f'<text x="{left - 6}" y="{py(yv) + 4:.1f}" font-size="11" '
+                     f'text-anchor="end">{yv:.3f}</text>')
+    if x_band and y_band:
+        bx0, bx1, by0, by1 = px(x_band[0]), px(x_band[1]), py(y_band[1]), py(y_band[0])
+        parts.append(f'<rect x="{bx0:.1f}" y="{by0:.1f}" width="{max(bx1 - bx0, 1):.1f}" '
+                     f'height="{max(by1 - by0, 1):.1f}" fill="#fdd9b5" fill-opacity="0.6" '
+                     'stroke="#d95f02" stroke-dasharray="4 3"/>')
+        parts.append(f'<text x="{bx1 + 4:.1f}" y="{by0 + 12:.1f}" font-size="11" '
+                     'fill="#a04000">Gold band</text>')
+    placed: list[tuple[float, float, float, float]] = []
+    for label, xv, yv, role in points:
+        cx, cy = px(xv), py(yv)
+        if role == "gold":
+            parts.append(f'<circle cx="{cx:.1f}" cy="{cy:.1f}" r="5" fill="white" '
+                         'stroke="#d95f02" stroke-width="2"/>')
+        elif role == "reference":
+            parts.append(f'<rect x="{cx - 4.5:.1f}" y="{cy - 4.5:.1f}" width="9" height="9" '
+                         'fill="#777"/>')
+        else:
+            parts.append(f'<circle cx="{cx:.1f}" cy="{cy:.1f}" r="5" fill="#1b9e77"/>')
+        w = 6.5 * len(label)
+        for dy in _label_offsets():
+            box = (cx + 8, cy + dy - 9, cx + 8 + w, cy + dy + 3)
+            if not any(box[0] < b[2] and b[0] < box[2] and box[1] < b[3] and b[1] < box[3]
+                       for b in placed):
+                break
+        placed.append(box)
+        parts.append(f'<text x="{box[0]:.1f}" y="{box[3] - 1:.1f}" font-size="11">'
+                     f'{esc(label)}</text>')
+    parts.append(f'<text x="{left + pw / 2:.1f}" y="{height - 10}" font-size="12" '
+                 f'text-anchor="middle">{esc(x_label)}</text>')
+    parts.append(f'<text x="16" y="{top + ph / 2:.1f}" font-size="12" text-anchor="middle" '
+                 f'transform="rotate(-90 16 {top + ph / 2:.1f})">{esc(y_label)}</text>')
+    parts.append("</svg>")
+    return "\n".join(parts)
+
+
+# -- HTML -------------------------------------------------------------------------------------
+_CSS = ("body{font-family:sans-serif;max-width:1180px;margin:1.5em auto;padding:0 1em;"
+        "color:#222}table{border-collapse:collapse;margin:1em 0;font-size:12px}th,td{border:1px "
+        "solid #ccc;padding:2px 5px}th{font-weight:600}td{text-align:right;white-space:nowrap}"
+        "td:first-child{text-align:left}"
+        ".methods td:nth-child(2),.methods td:nth-child(3){text-align:left}"
+        "th{background:#f4f4f4}.inside{color:#1a7f37}.above,.below{color:#c62828;"
+        "font-weight:bold}.band td{background:#fff3e6}.pass{color:#1a7f37;font-weight:bold}"
+        ".fail{color:#c62828;font-weight:bold}svg{display:block;margin:1em 0}"
+        ".caption{color:#555}")
+
+
+def _html_table(header: list[str], rows: list[list[str]],
+                marks: list[list[str]] | None = None, first_band: bool = False) -> str:
+    esc = html.escape
+    cls = ' class="methods"' if first_band else ""
+    out = [f"<table{cls}><thead><tr>" + "".join(f"<th>{esc(h)}</th>" for h in header)
+           + "</tr></thead><tbody>"]
+    for n, row in enumerate(rows):
+        cls = ' class="band"' if first_band and n == 0 else ""
+        cells = []
+        for c, cell in enumerate(row):
+            mark = marks[n][c] if marks else ""
+            attr = f' class="{mark}"' if mark in ("inside", "above", "below") else ""
+            cells.append(f"<td{attr}>{esc(cell)}</td>")
+        out.append(f"<tr{cls}>" + "".join(cells) + "</tr>")
+    out.append("</tbody></table>")
+    return "".join(out)
+
+
+def _scatter(payload: dict[str, Any], bands: dict[str, Band]) -> str:
+    y_metric = _y_metric(payload)
+    points = [(r["method"], _value(r, RETAIN_METRIC), _value(r, y_metric), r.get("role", ""))
+              for r in _ordered_rows(payload)]
+    points = [p for p in points if p[1] is not None and p[2] is not None]
+    if not points:
+        return f"<p>No row has both {LABELS[RETAIN_METRIC]} and {LABELS[y_metric]}.</p>"
+    xb, yb = bands.get(RETAIN_METRIC), bands.get(y_metric)
+    return svg_scatter(f"{LABELS[y_metric]} against {LABELS[RETAIN_METRIC]}", points,
+                       x_label=f"{LABELS[RETAIN_METRIC]} (higher = more utility kept)",
+                       y_label=f"{LABELS[y_metric]} (Gold band = forgotten)",
+                       x_band=(xb.lo, xb.hi) if xb else None,
+                       y_band=(yb.lo, yb.hi) if yb else None)
+
+
+def render_html(payload: dict[str, Any]) -> str:
+    """``report.html``: everything of :func:`render_markdown`, plus an SVG forget-vs-retain
+    scatter with the Gold band as a rectangle and a wall-time chart. Self-contained."""
+    _check_payload(payload)
+    bands = _bands(payload)
+    esc = html.escape
+    title = esc(_title(payload))
     out = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
-           f"<title>{title}</title><style>{_CSS}</style></head><body>", f"<h1>{title}</h1>"]
-    setup = _meta_lines({k: v for k, v in meta.items() if k != "title"})
-    if setup:
-        out.append("<ul>" + "".join(f"<li><b>{esc(k)}</b>: {esc(v)}</li>" for k, v in setup)
-                   + "</ul>")
-    out.append("<table><thead><tr>" + "".join(f"<th>{esc(h)}</th>" for h in header)
-               + "</tr></thead><tbody>")
-    out += ["<tr>" + "".join(f"<td>{esc(c)}</td>" for c in r) + "</tr>" for r in body]
-    out.append("</tbody></table><h2>Criteria vs Gold</h2>")
-    if gold is None:
-        out.append(f"<p>No Gold row (method {esc(crit.gold_method)!s}): criteria not "
-                   "evaluated.</p>")
-    else:
-        verd = verdicts(rows, meta)
-        for name, intro in _criteria_text(crit).items():
-            items = []
-            for method, v in verd.items():
-                res = v[name]
-                cls, word = (("na", "n/a") if res["pass"] is None else
-                             ("pass", "PASS") if res["pass"] else ("fail", "FAIL"))
-                items.append(f'<li>{esc(method)}: <span class="{cls}">{word}</span> '
-                             f"({esc(res['rule'])})</li>")
-            out.append(f"<p>{esc(intro)}</p><ul>{''.join(items)}</ul>")
-        out.append(f"<p><b>{esc(_summary(verd))}</b></p>")
-    out.append("<h2>Charts</h2>")
-    out += _charts(rows, crit, gold)
-    out.append("</body></html>")
+           f"<title>{title}</title><style>{_CSS}</style></head><body>", f"<h1>{title}</h1>",
+           "<ul>" + "".join(f"<li><b>{esc(k)}</b>: {esc(v)}</li>" for k, v in _setup(payload))
+           + "</ul>", '<h2 id="verdict">Verdict</h2>',
+           f"<p>A method passes when every audited number is inside the Gold band (mean ± "
+           f"max(2 sd, 2 s.e.) over the Gold retrains) and its retain Recall@20 is at least "
+           f"{float(payload.get('retain_ratio_min', RETAIN_RATIO_MIN)):g} × the Gold mean.</p>"]
+    items = []
+    for line in _summary_lines(payload, bands):
+        name, _, rest = line.partition(": ")
+        tag, _, why = rest.partition(": ")
+        cls = "pass" if tag == "PASS" else "fail"
+        items.append(f'<li>{esc(name)}: <span class="{cls}">{esc(tag)}</span>: {esc(why)}</li>')
+    out.append("<ul>" + "".join(items) + "</ul>")
+    header, body, marks = _table(payload, bands)
+    out += ['<h2 id="methods">Methods against the Gold band</h2>', f'<p class="caption">{esc(LEGEND)}. '
+            "The first row is the band: Gold mean ± half-width.</p>",
+            _html_table(header, body, marks, first_band=True)]
+    out += ['<h2 id="scatter">Forget against retain</h2>', _scatter(payload, bands)]
+    out += ['<h2 id="attacks">Attacks</h2>', '<p class="caption">Differences are paired over the same '
+            "users / items (s.e. of the per-unit differences; for AUCs per-user "
+            "pseudo-values), "
+            "against each Gold.</p>"]
+    for m, caption, h, rows in _attack_tables(payload):
+        out += [f"<h3>{esc(LABELS.get(m, m))}</h3>", f'<p class="caption">{esc(caption)}</p>',
+                _html_table(h, rows), f"<p>{esc(_gold_pair_line(payload, m))}</p>"]
+    ceiling = _num(payload.get("gold_overlap_ceiling"))
+    out += ['<h2 id="overlap">Top-20 agreement with Gold</h2>',
+            f"<p>Gold-vs-Gold overlap@20 (the ceiling): {_fmt_value(ceiling)}.</p>",
+            "<ul>" + "".join(f"<li>{esc(r['method'])}: {_fmt_value(_overlap(r))}"
+                             "</li>" for r in _ordered_rows(payload)) + "</ul>"]
+    rows = _ordered_rows(payload)
+    walls = [_num(r.get("wall_seconds")) for r in rows]
+    positive = [w for w in walls if w is not None and w > 0]
+    out += ['<h2 id="cost">Cost</h2>', _html_table(*_cost_table(payload)), svg_bar_chart(
+        "Wall time (s)", [r["method"] for r in rows], walls, fmt=_fmt_seconds,
+        log_scale=bool(positive) and max(positive) / min(positive) >= 10,
+        highlight=[n for n, r in enumerate(rows) if r.get("role") == "gold"])]
+    h, t = _audit_seconds(payload)
+    out += ["<h3>Audit time (s)</h3>", _html_table(h, t), "</body></html>"]
     return "\n".join(out)
 
 
-def _json_default(obj: Any) -> Any:
-    """numpy scalars / arrays and other odd values inside rows -> JSON."""
+def _json_ready(obj: Any) -> Any:
+    """The payload with numpy values as Python ones and NaN / inf as None (strict JSON)."""
+    if isinstance(obj, dict):
+        return {str(k): _json_ready(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_ready(v) for v in obj]
     if hasattr(obj, "tolist"):
-        return obj.tolist()
+        return _json_ready(obj.tolist())
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if obj is None or isinstance(obj, (str, int, float, bool)):
+        return obj
     return str(obj)
 
 
-def write_report(out_uri: str, rows: list[dict[str, Any]], meta: dict[str, Any]) -> dict[str, str]:
+def write_report(out_uri: str, payload: dict[str, Any]) -> dict[str, str]:
     """Write ``report.md``, ``report.html`` and ``report.json`` under ``out_uri``.
 
     Args:
         out_uri: a local directory or ``s3://bucket/prefix``.
-        rows: per-method dicts (module doc); one of them should be Gold.
-        meta: setup facts shown at the top (scalars) and the thresholds of
-            :class:`Criteria`.
+        payload: see the module doc (:func:`build_payload` makes one).
 
     Returns:
         ``{"md": uri, "html": uri, "json": uri}`` of the files written (atomically).
+
+    Raises:
+        ConfigError: a malformed payload (the message names the part).
     """
-    _check_rows(rows)
-    crit = Criteria.from_meta(meta)
-    gold = find_gold(rows, crit)
-    verd = verdicts(rows, meta) if gold is not None else None
-    payload = {"meta": meta, "criteria": asdict(crit), "rows": rows, "verdicts": verd}
+    _check_payload(payload)
     docs = {
-        "md": ("report.md", render_markdown(rows, meta).encode()),
-        "html": ("report.html", render_html(rows, meta).encode()),
-        "json": ("report.json", (json.dumps(payload, indent=2, default=_json_default)
-                                 + "\n").encode()),
+        "md": ("report.md", render_markdown(payload).encode()),
+        "html": ("report.html", render_html(payload).encode()),
+        "json": ("report.json", (json.dumps(_json_ready(payload), indent=2,
+                                            allow_nan=False) + "\n").encode()),
     }
     written = {}
     for key, (name, data) in docs.items():
