@@ -82,7 +82,7 @@ def test_one_gold_gives_a_two_se_band() -> None:
     assert math.isnan(overlap_ceiling([g]))
 
 
-# -- per-unit metrics: paired Gold-vs-Gold s.e. / sqrt(2) ------------------------------------------
+# -- per-unit metrics: paired Gold-vs-Gold s.e. -------------------------------------------------------
 def test_band_se_from_the_paired_gold_difference() -> None:
     a = result({"fold_in_recall@20": 0.75}, {"fold_in_recall@20": 0.25},
                {"fold_in_recall@20": [1, 0, 1, 1]})
@@ -91,9 +91,9 @@ def test_band_se_from_the_paired_gold_difference() -> None:
     # per-unit a - b = [0, -1, 1, 0]: mean 0, var (ddof=1) 2/3, paired se sqrt(2/3) / 2
     assert gold_pairs([a, b], "fold_in_recall@20") == [(0.0, pytest.approx(math.sqrt(1 / 6)))]
     band = gold_bands([a, b])["fold_in_recall@20"]
-    # se = sqrt(1/6) / sqrt(2) = sqrt(1/12); sd = 0 -> half-width 2 sqrt(1/12)
-    assert band.se == pytest.approx(math.sqrt(1 / 12))
-    assert band.half_width == pytest.approx(2 * math.sqrt(1 / 12))
+    # se = the paired s.e. sqrt(1/6); sd = 0 -> half-width 2 sqrt(1/6)
+    assert band.se == pytest.approx(math.sqrt(1 / 6))
+    assert band.half_width == pytest.approx(2 * math.sqrt(1 / 6))
     # the method ranks every held-out half: diffs vs a [0, 1, 0, 0], vs b [0, 0, 1, 0]
     # each mean 0.25, var (ddof=1) = (3 * 0.0625 + 0.5625) / 3 = 0.25 -> se 0.5 / 2 = 0.25
     m = result({"fold_in_recall@20": 1.0}, {"fold_in_recall@20": 0.0},

@@ -7,25 +7,24 @@ give, per metric, a mean and a spread; a method's number is judged *inside* the 
 
 - ``sd``: the sample standard deviation of the K Gold values (ddof=1; 0 for K=1): the
   seed-to-seed spread, from K values.
-- ``se``: the metric's own measurement noise for one run. For a metric with per-unit
-  vectors and K >= 2 it is the mean over Gold pairs of the *paired* standard error of the
-  Gold-vs-Gold difference divided by sqrt(2): ``Var(G_a - G_b) = 2 s^2`` when the two
-  runs' deviations are independent, so ``s = se_pair / sqrt(2)`` is the per-run noise of a
-  comparison made on the same units. It is the right yardstick because every model is
-  audited on the same units (paired): the per-run unpaired s.e. would also count how much
-  the units differ from each other (some users are simply easier), which is shared by all
-  models and would make the band about 2.5 times too wide (Last.fm-2K users:5%, LightGCN,
-  fold-in Recall@20: per-run unpaired s.e. 0.019 and 0.021; Gold-vs-Gold paired s.e.
-  0.011, i.e. 0.008 per run). It also rests on n units rather than K runs, so it is stable
-  where ``sd`` from 2 or 3 runs is not.
-  For AUC metrics the units are users (pseudo-values, clustered DeLong). Without per-unit
-  vectors, or for K = 1 (no pair), ``se`` is the mean of the runs' own s.e.: the band of
-  one Gold is 2 s.e. wide.
+- ``se``: the measurement noise of the comparison a verdict makes — a model against the
+  Golds, on the same units. For a metric with per-unit vectors and K >= 2 it is the mean
+  over Gold pairs of the *paired* standard error of the Gold-vs-Gold difference: exactly
+  the noise of "one model minus another" when both are audited on the same units (every
+  model is, with one :class:`~mmrecun_ray.unlearning.audit.AuditContext`). Paired, it
+  leaves out how much the units differ from each other (some users are simply easier),
+  which all models share and which would make the band about 2.5 times too wide
+  (Last.fm-2K users:5%, LightGCN, fold-in Recall@20: per-run unpaired s.e. 0.019 and 0.021,
+  Gold-vs-Gold paired s.e. 0.011); and it rests on n units rather than K runs, so it is
+  stable where ``sd`` from 2 or 3 runs is not. For AUC metrics the units are users
+  (pseudo-values, clustered DeLong). Without per-unit vectors, or for K = 1 (no pair),
+  ``se`` is the mean of the runs' own s.e.: the band of one Gold is 2 s.e. wide.
 
-Calibration: a method exactly as good as Gold (another Gold draw) lies at a distance from
-the K-run mean whose variance is ``(1 + 1/K) s^2``, so it falls outside ``mean +- 2 s`` in
-about 10% of metrics for K = 2 and 7% for K = 5; with several metrics judged at once, read
-a single borderline "outside" next to its paired difference in the attacks section.
+Calibration: with ``s`` the per-run noise, the paired s.e. is ``s * sqrt(2)``, and another
+Gold draw lies at a distance from the K-run mean whose variance is ``(1 + 1/K) s^2``: it
+falls outside ``mean +- 2 sqrt(2) s`` for about 2% of metrics when K = 2 and 1.4% when
+K = 3, so a method that is as good as Gold passes a dozen metrics at once most of the time,
+while a residue of 3 paired s.e. or more is flagged.
 
 Overlap@20 has no band of this kind (a Gold's overlap with itself is 1): the report shows
 each method's overlap with the Golds next to the Gold-vs-Gold ceiling
@@ -67,7 +66,7 @@ class Band:
         metric: metric name.
         mean: mean over the K Gold runs.
         sd: sample standard deviation over the runs (ddof=1; 0 for K=1).
-        se: the metric's per-run standard error (module doc).
+        se: the standard error of a model-vs-Gold comparison (module doc).
         n: K, the number of Gold runs.
         half_width: ``max(2 sd, 2 se)`` (NaN terms ignored; 0 when both are NaN).
         lo, hi: ``mean - half_width``, ``mean + half_width``.
@@ -148,14 +147,14 @@ def gold_pairs(golds: Sequence[AuditResult], metric: str) -> list[tuple[float, f
 
 
 def _band_se(golds: Sequence[AuditResult], metric: str) -> float:
-    """The per-run s.e. of a metric (module doc: paired Gold-vs-Gold / sqrt(2), or the mean
-    of the runs' own s.e.)."""
+    """The s.e. of a model-vs-Gold comparison on a metric (module doc: the paired
+    Gold-vs-Gold s.e., or the mean of the runs' own s.e.)."""
     aligned = all(metric in g.per_unit for g in golds) and \
         len({g.per_unit[metric].shape for g in golds}) == 1
     if len(golds) >= 2 and aligned:
         ses = [se for _, se in gold_pairs(golds, metric) if math.isfinite(se)]
         if ses:
-            return float(np.mean(ses)) / math.sqrt(2.0)
+            return float(np.mean(ses))
     own = [g.se.get(metric, float("nan")) for g in golds]
     own = [x for x in own if math.isfinite(x)]
     return float(np.mean(own)) if own else float("nan")

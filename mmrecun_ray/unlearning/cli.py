@@ -60,10 +60,15 @@ def cmd_unlearn(args: argparse.Namespace) -> int:
     p = run_methods(args.model_uri, args.data, args.request, [method], args.out,
                     scaling(args, args.out), sets, seed=args.seed, command="unlearn",
                     record=not args.no_record, overwrite=args.overwrite)
-    m = p["metrics"]
-    f = m.get("forget", {}).get("recall@20", float("nan"))
-    print(f"{method}: forget recall@20 {f:.4f} (before {p['original']['metrics'].get('forget', {}).get('recall@20', float('nan')):.4f}), "
-          f"retain test recall@20 {m['test']['recall@20']:.4f}, MIA AUC {p.get('mia_auc', float('nan')):.3f}, "
+    v, before = p["audit"]["values"], p["original"]["audit"]["values"]
+    nan = float("nan")
+    extra = "".join(f", {label} {v[k]:.4f} (before {before.get(k, nan):.4f})"
+                    for label, k in (("fold-in recall@20", "fold_in_recall@20"),
+                                     ("item fold-in hit@20", "item_fold_in_hit@20"),
+                                     ("probe R2", "probe_r2")) if k in v)
+    print(f"{method}: forget recall@20 {v.get('forget_recall@20', nan):.4f} (before "
+          f"{before.get('forget_recall@20', nan):.4f}), retain test recall@20 "
+          f"{v['retain_recall@20']:.4f}, MIA AUC {v.get('mia_auc', nan):.3f}{extra}, "
           f"{p['wall_seconds']:.1f}s -> {args.out}")
     return 0
 
@@ -74,7 +79,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     _, sets = settings_from_args(args)
     p = run_methods(args.model_uri, args.data, args.request, _method_list(args.methods), args.out,
                     scaling(args, args.out), sets, seed=args.seed, command="compare",
-                    record=args.record, overwrite=args.overwrite)
+                    record=args.record, overwrite=args.overwrite, gold_seeds=args.gold_seeds)
     print(format_table(p))
     return 0
 
@@ -97,6 +102,11 @@ def add_parsers(sub: Any, add_scaling: Callable, add_s3: Callable) -> None:
     _common(pc)
     pc.add_argument("--methods", default=COMPARE_DEFAULT,
                     help=f"comma-separated methods (default: {COMPARE_DEFAULT}). {summaries}")
+    pc.add_argument("--gold-seeds", type=int, default=3,
+                    help="Gold retrains with different seeds (the model's seed, +1, ...) that make "
+                         "the band every method is judged against: mean +- max(2 sd, 2 s.e.) "
+                         "(default: 3; side by side as Ray Tune trials when the cluster has the "
+                         "CPUs, else one after the other)")
     pc.add_argument("--record", action="store_true",
                     help="accept the request (ledger entry) as `unlearn` does; default: a comparison "
                          "is an experiment and leaves the ledger alone")
