@@ -39,8 +39,8 @@ def one_line(exc: BaseException) -> str:
             continue
         break
     e = e or exc
-    text = (str(e).strip().splitlines() or [""])[0][:300]
-    return text if isinstance(e, MMRecUNError) else f"{type(e).__name__}: {text}"
+    text = (str(e).strip().splitlines() or [""])[0]
+    return text if isinstance(e, MMRecUNError) else f"{type(e).__name__}: {text[:300]}"
 
 
 # --- commands ----------------------------------------------------------------------------

@@ -91,6 +91,7 @@ def test_redraw_leaves_forgotten_users_where_gold_would(trained, data: str,
                                                          tmp_path: Path) -> None:
     """``redraw`` (exclusive rows re-drawn), local mode: the forgotten pairs rank like
     never-seen items, not below them (MIA AUC near 0.5), with no step taken."""
+    data = _fresh(data, tmp_path)
     out = tmp_path / "unlearn-default"
     rc = main(["unlearn", "--model-uri", trained.model_uri, "--data", data, "--request", "users:10%",
                "--method", "redraw", "--out", str(out), "--workers", "0"])
@@ -109,6 +110,7 @@ def test_interactions_request_refits_the_users_and_forgets_to_gold_level(trained
     """Single interactions: the users keep retain data, so their rows are re-drawn and
     refitted alone (50 steps, local mode); forget recall lands near Gold's estimate
     (validation level) while retain quality holds."""
+    data = _fresh(data, tmp_path)
     out = tmp_path / "unlearn-interactions"
     rc = main(["unlearn", "--model-uri", trained.model_uri, "--data", data, "--request",
                "interactions:10%", "--method", "redraw", "--out", str(out), "--workers", "0"])
@@ -119,6 +121,15 @@ def test_interactions_request_refits_the_users_and_forgets_to_gold_level(trained
     assert after["forget"]["recall@20"] < before["forget"]["recall@20"] - 0.05, (before["forget"], after["forget"])
     assert after["forget"]["recall@20"] <= m["estimated_gold_forget_recall@20"] + 0.05
     assert after["test"]["recall@20"] >= 0.9 * before["test"]["recall@20"]
+
+
+def _fresh(data: str, tmp_path: Path) -> str:
+    """A copy of the dataset without its ledger: a request here is independent of the
+    others (the trained model honours none of them)."""
+    import shutil
+    dest = tmp_path / "data"
+    shutil.copytree(data, dest, ignore=shutil.ignore_patterns("ledger"))
+    return str(dest)
 
 
 def _forget_pairs(data: str, out: Path) -> set[tuple[int, int]]:
@@ -133,6 +144,7 @@ def _forget_pairs(data: str, out: Path) -> set[tuple[int, int]]:
 
 
 def test_items_request_removes_items_from_every_list(trained, data: str, tmp_path: Path) -> None:
+    data = _fresh(data, tmp_path)
     ds = load_dataset(data)
     popular = np.argsort(-np.bincount(ds.train.item, minlength=ds.n_items))[:3].tolist()
     out = tmp_path / "items"

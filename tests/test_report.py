@@ -59,9 +59,10 @@ def test_payload_bands_pairs_and_verdicts() -> None:
     assert bands["retain_recall@20"]["half_width"] == pytest.approx(0.0282843, abs=1e-6)
     assert bands["mia_auc"]["half_width"] == pytest.approx(0.0282843, abs=1e-6)
     # fold-in: Gold means equal (sd 0); Gold a - b per unit [0, .25, -.25, 0]: paired
-    # se = sqrt(0.125 / 3) / 2 = 0.10206 -> band se 0.07217, half 0.14434
+    # se = sqrt(0.125 / 3) / 2 = 0.10206 = the band's se, half 0.20412
     assert bands["fold_in_recall@20"]["sd"] == 0.0
-    assert bands["fold_in_recall@20"]["se"] == pytest.approx(0.0721688, abs=1e-6)
+    assert bands["fold_in_recall@20"]["se"] == pytest.approx(0.1020621, abs=1e-6)
+    assert bands["fold_in_recall@20"]["half_width"] == pytest.approx(0.2041241, abs=1e-6)
     assert p["gold_pairs"]["fold_in_recall@20"] == [[0.0, pytest.approx(0.1020621, abs=1e-6)]]
     rows = {r["method"]: r for r in p["rows"]}
     assert rows["mmrecun"]["verdicts"] == {"retain_recall@20": "inside", "mia_auc": "above",
@@ -86,11 +87,11 @@ def test_report_renders_every_section(tmp_path: Path) -> None:
         "- **Gold retrains**: 2 (seeds 0, 1)",
         # verdicts with their reasons
         "- mmrecun: FAIL: MIA AUC 0.5500 is above the Gold band [0.4817, 0.5383]; "
-        "Fold-in Recall@20 0.6875 is above the Gold band [0.1682, 0.4568].",
+        "Fold-in Recall@20 0.6875 is above the Gold band [0.1084, 0.5166].",
         "- good: PASS: every audited number inside the Gold band.",
         "- original (reference): FAIL:",
         # the band row and markers in the method table (text, not only colour)
-        "| Gold band (K=2) | band | — | 0.4100 ± 0.0283 | 0.5100 ± 0.0283 | 0.3125 ± 0.1443 "
+        "| Gold band (K=2) | band | — | 0.4100 ± 0.0283 | 0.5100 ± 0.0283 | 0.3125 ± 0.2041 "
         "| ceiling 0.5000 |",
         "| mmrecun | method | 0 | 0.4100 ✓ | 0.5500 ↑ | 0.6875 ↑ | 0.5000 |",
         "| gold-s1 | gold | 1 | 0.4200 ✓ | 0.5200 ✓ | 0.3125 ✓ | 0.5000 |",
