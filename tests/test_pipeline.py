@@ -178,3 +178,34 @@ def test_cli_rejects_bad_input_with_a_clear_message(data: str, tmp_path: Path, c
     assert rc == 2
     assert "nothing" in capsys.readouterr().err
     assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+
+
+def test_compare_runs_every_method_against_a_gold_band(trained, data: str, tmp_path: Path) -> None:
+    """One ``compare`` on tiny data with every method (local mode, a 2-seed Gold band): each
+    row is there and audited, Gold forgets what the original remembers, SISA retrains only
+    the affected shards, and the report judges every method against the band."""
+    data = _fresh(data, tmp_path)
+    out = tmp_path / "compare"
+    methods = "original,retain-graph,mmrecun,redraw,finetune,neggrad,sisa,gold"
+    rc = main(["compare", "--model-uri", trained.model_uri, "--data", data, "--request", "users:10%",
+               "--methods", methods, "--out", str(out), "--workers", "0", "--gold-seeds", "2",
+               "--set", "max_steps=30", "--set", "shards=2"])
+    assert rc == 0
+    m = json.loads((out / "metrics.json").read_text())
+    rows = {r["method"]: r for r in m["methods"]}
+    assert set(rows) == set(methods.split(",")) - {"gold"} | {"gold", "gold-s1"}
+    v = {k: r["audit"]["values"] for k, r in rows.items()}
+    for k in rows:
+        assert {"retain_recall@20", "forget_recall@20", "mia_auc", "fold_in_recall@20",
+                "diff_auc"} <= set(v[k]), k
+    assert v["gold"]["forget_recall@20"] < 0.5 * v["original"]["forget_recall@20"]
+    assert v["gold"]["fold_in_recall@20"] < v["original"]["fold_in_recall@20"]
+    assert rows["sisa"]["affected_shards"] <= 2 and rows["finetune"]["steps"] == 30
+    assert rows["neggrad"]["steps"] <= 30 and rows["mmrecun"]["steps"] <= 30
+    assert set(m["bands"]) >= {"retain_recall@20", "fold_in_recall@20"}
+    assert all(set(r["verdicts"]) == set(m["bands"]) for r in m["methods"])
+    assert rows["original"]["passes"] is False  # the untouched model is caught
+    report = (out / "report.md").read_text()
+    assert "Gold band (K=2)" in report and "Fold-in Recall@20" in report
+    # an experiment: nothing recorded, the data still shows the pairs
+    assert not (Path(data) / "ledger").exists() or not list((Path(data) / "ledger").glob("*.json"))
