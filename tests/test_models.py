@@ -16,7 +16,7 @@ from mmrecun_ray.models.base import ModelOutput, Recommender
 from mmrecun_ray.models.graph import (knn_edges, knn_normalized, light_propagate,
                                       modality_weights, normalized_adjacency, user_item_block,
                                       vision_slot_modality)
-from mmrecun_ray.models.mgcn import info_nce
+from mmrecun_ray.models.mgcn import batch_info_nce, info_nce
 from mmrecun_ray.objectives import pair_scores
 from mmrecun_ray.training.defaults import TRAINING_DEFAULTS, training_defaults
 
@@ -586,6 +586,75 @@ def test_info_nce_equals_the_textbook_formula_and_its_gradients() -> None:
     torch.testing.assert_close(grads[1][2], grads[0][2], rtol=1e-5, atol=1e-7)
     d = info_nce(a.double(), b.double(), 0.2)
     assert d.dtype == torch.float64 and float(d) == pytest.approx(grads[0][0], rel=1e-5)
+    # a temperature so low that exp could overflow: the row-maximum path, still exact
+    cold = F.cross_entropy(F.normalize(a, dim=1) @ F.normalize(b, dim=1).T / 0.005,
+                           torch.arange(37))
+    assert float(info_nce(a, b, 0.005)) == pytest.approx(float(cold), rel=1e-5)
+
+
+def old_info_nce(v1: torch.Tensor, v2: torch.Tensor, t: float) -> torch.Tensor:
+    """The formula before: cross-entropy of the (B, B) cosine logits / temperature."""
+    logits = F.normalize(v1, dim=1) @ F.normalize(v2, dim=1).T / t
+    return F.cross_entropy(logits, torch.arange(v1.shape[0]))
+
+
+def test_info_nce_over_distinct_rows_equals_the_batch_with_repeats() -> None:
+    """A batch drawing the same user/item several times: InfoNCE on the distinct rows with
+    their counts gives the batch's loss and the same gradients on the full tables."""
+    g = torch.Generator().manual_seed(4)
+    side0, content0 = torch.randn(20, 6, generator=g), torch.randn(20, 6, generator=g)
+    ids = torch.tensor([3, 3, 7, 0, 3, 19, 7, 5, 5, 5, 5, 12])  # repeats
+    res = []
+    for fn in (lambda s_, c_: old_info_nce(s_[ids], c_[ids], 0.2),
+               lambda s_, c_: batch_info_nce(s_, c_, ids, 0.2)):
+        s_, c_ = side0.clone().requires_grad_(), content0.clone().requires_grad_()
+        loss = fn(s_, c_)
+        loss.backward()
+        res.append((float(loss), s_.grad, c_.grad))
+    assert res[0][0] == pytest.approx(res[1][0], rel=1e-6)
+    torch.testing.assert_close(res[1][1], res[0][1], rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(res[1][2], res[0][2], rtol=1e-5, atol=1e-7)
+    # hand check of the counts: rows {a: x2, b: x1}, unit views, t = 1
+    q = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    k = torch.tensor([[1.0, 0.0], [1.0, 1.0]])
+    c = 1 / math.sqrt(2)
+    row_a = math.log(2 * math.e + math.exp(c)) - 1.0
+    row_b = math.log(2 * 1.0 + math.exp(c)) - c
+    got = info_nce(q, k, 1.0, counts=torch.tensor([2, 1]))
+    assert float(got) == pytest.approx((2 * row_a + row_b) / 3, rel=1e-6)
+
+
+def test_mgcn_contrastive_loss_equals_the_old_formula() -> None:
+    edges, feats = small_problem()
+    torch.manual_seed(0)
+    model = build_model("mgcn", 30, 25, feats, {"embedding_dim": 8})
+    model.set_graph(edges)
+    model.train()
+    out = model()
+    users = torch.randint(0, 30, (64,), generator=torch.Generator().manual_seed(1))
+    pos = torch.randint(0, 25, (64,), generator=torch.Generator().manual_seed(2))
+    side, content = out.extras["side"], out.extras["content"]
+    old = 0.01 * (old_info_nce(side[30:][pos], content[30:][pos], 0.2)
+                  + old_info_nce(side[:30][users], content[:30][users], 0.2))
+    torch.testing.assert_close(model.auxiliary_loss(out, users, pos, pos), old)
+
+
+def test_sparse_operator_products_and_gradients_match_torch_sparse() -> None:
+    from mmrecun_ray.models.graph import SparseOperator
+    g = torch.Generator().manual_seed(2)
+    edges, _ = small_problem()
+    for mat in (normalized_adjacency(torch.unique(edges, dim=1), 30, 25),
+                user_item_block(torch.unique(edges, dim=1), 30, 25)):  # square, (30, 25)
+        x0 = torch.randn(mat.shape[1], 5, generator=g)
+        w = torch.randn(mat.shape[0], 5, generator=g)
+        res = []
+        for op in (mat, SparseOperator(mat)):
+            x = x0.clone().requires_grad_()
+            y = op @ x if isinstance(op, SparseOperator) else torch.sparse.mm(op, x)
+            (y * w).sum().backward()
+            res.append((y.detach(), x.grad))
+        torch.testing.assert_close(res[0][0], res[1][0])
+        torch.testing.assert_close(res[0][1], res[1][1])
 
 
 # -- rows gathered once -------------------------------------------------------------------

@@ -157,11 +157,16 @@ class FREEDOM(UserItemGraphMixin, ItemFeaturesMixin, Recommender):
     def forward(self) -> ModelOutput:
         """Returns ``user (n_users, d)``, ``item (n_items, d)`` and, in training mode,
         ``extras['modal.<m>']``."""
-        adj = self.epoch_adjacency() if self.training else self.adjacency
+        if self.training and self.dropout > 0.0:
+            self.epoch_adjacency()
+            adj = self.operator("epoch_adj")
+        else:
+            adj = self.propagator
         h = self.item_embedding.weight
-        graph = self.item_graph
+        self.item_graph  # noqa: B018 - built on first use
+        graph = self.operator("item_graph")
         for _ in range(self.n_mm_layers):
-            h = torch.sparse.mm(graph, h)
+            h = graph @ h
         ego = torch.cat([self.user_embedding.weight, self.item_embedding.weight], dim=0)
         final = light_propagate(adj, ego, self.n_ui_layers)
         user, item = torch.split(final, [self.n_users, self.n_items], dim=0)

@@ -38,7 +38,7 @@ class LightGCN(UserItemGraphMixin, Recommender):
     def forward(self) -> ModelOutput:
         """Returns ``user (n_users, d)``, ``item (n_items, d)`` after propagation."""
         ego = torch.cat([self.user_embedding.weight, self.item_embedding.weight], dim=0)
-        final = light_propagate(self.adjacency, ego, self.n_layers)
+        final = light_propagate(self.propagator, ego, self.n_layers)
         user, item = torch.split(final, [self.n_users, self.n_items], dim=0)
         return ModelOutput(user, item)
 
