@@ -181,6 +181,16 @@ def test_feature_models_reject_a_dataset_without_features(name: str) -> None:
         build_model(name, 4, 5, {})
 
 
+def test_features_flush_entries_no_float32_sum_can_see() -> None:
+    """Entries below 1e-30 are stored as 0 (they only make CPU products take the subnormal
+    slow path); ordinary entries are kept bit for bit."""
+    x = torch.tensor([[0.05, 1e-36, -3e-31, 0.2], [1e-29, -0.1, 0.0, 7.0]])
+    model = build_model("vbpr", 3, 2, {"text": x}, {"embedding_dim": 4})
+    got = model.item_features("text")
+    assert torch.equal(got, torch.tensor([[0.05, 0.0, 0.0, 0.2], [1e-29, -0.1, 0.0, 7.0]]))
+    assert torch.equal(got @ torch.ones(4), x @ torch.ones(4))  # invisible to a float32 sum
+
+
 def test_bad_inputs_are_named() -> None:
     edges, feats = small_problem()
     with pytest.raises(ConfigError, match="'text' has shape"):
