@@ -23,7 +23,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mmrecun_ray.data.dataset import load_dataset  # noqa: E402
-from mmrecun_ray.objectives import bpr_loss, pair_scores  # noqa: E402
+from mmrecun_ray.models import BatchRows  # noqa: E402
+from mmrecun_ray.objectives import bpr_loss  # noqa: E402
 from mmrecun_ray.training.loop import make_model  # noqa: E402
 from mmrecun_ray.training.runner import Scaling, ensure_ray, run_loop  # noqa: E402
 from mmrecun_ray.training.sampler import NegativeSampler  # noqa: E402
@@ -40,18 +41,20 @@ def plain_epochs(cfg, inputs, epochs: int) -> list[float]:
     sampler = NegativeSampler(inputs.known_keys, inputs.n_items, seed=cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     times = []
-    for _ in range(epochs):
+    for epoch in range(epochs):
         t = time.perf_counter()
         perm = rng.permutation(u_all.size)
         model.train()
+        model.on_epoch_start(epoch, cfg.seed)
         for s in range(0, perm.size, cfg.batch_size):
             idx = perm[s:s + cfg.batch_size]
             u, i = torch.from_numpy(u_all[idx]), torch.from_numpy(i_all[idx])
             j = sampler.sample_torch(u)
             out = model()
-            ps, ns = pair_scores(out, u, i, j)
-            loss = bpr_loss(ps, ns) + model.auxiliary_loss(out, u, i, j) \
-                + cfg.reg_weight * model.regularization(out, u, i, j)
+            rows = BatchRows.gather(out, u, i, j)
+            loss = bpr_loss(*rows.scores()) + model.auxiliary_loss(out, u, i, j, rows=rows)
+            if cfg.reg_weight:
+                loss = loss + cfg.reg_weight * model.regularization(out, u, i, j, rows=rows)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

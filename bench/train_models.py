@@ -2,7 +2,9 @@
 
     python bench/train_models.py --data runs/data/lfm2k --models mf,vbpr,lightgcn,freedom,mgcn --workers 2
 
-Prints test Recall@20 / NDCG@20, seconds per epoch and epochs run for each model, the
+Prints, for each model with its training defaults (``training/defaults.py``) unless
+``--set`` overrides them: validation and test Recall@20, test NDCG@20, seconds per epoch,
+epochs run (and the best epoch), whether early stopping or the epoch cap ended the run, the
 popularity ranking, and each model's ratio over popularity and over ``mf``, all measured
 in this one run.
 """
@@ -42,19 +44,28 @@ def main() -> int:
         res = train(args.data, model, out, Scaling(workers=args.workers, storage_uri=str(Path(out) / "ray")),
                     sets=parse_sets(args.set), ds=ds)
         m = res.metrics
+        cap = m["loop_config"]["epochs"]
         rows.append({"model": model, "recall@20": m["metrics"]["test"]["recall@20"],
-                     "ndcg@20": m["metrics"]["test"]["ndcg@20"], "s/epoch": m["seconds_per_epoch"],
-                     "epochs": m["epochs_run"], "wall_s": m["wall_seconds"]})
+                     "ndcg@20": m["metrics"]["test"]["ndcg@20"],
+                     "valid_recall@20": m["metrics"]["valid"]["recall@20"],
+                     "s/epoch": m["seconds_per_epoch"], "epochs": m["epochs_run"],
+                     "best_epoch": m["best_epoch"] + 1, "cap": cap,
+                     "early_stop": m["epochs_run"] < cap, "wall_s": m["wall_seconds"],
+                     "learning_rate": m["loop_config"]["learning_rate"]})
         print(json.dumps(rows[-1]), flush=True)
     mf = next((r for r in rows if r["model"] == "mf"), None)
     print(f"\n{args.data}: {ds.n_users} users, {ds.n_items} items, workers={args.workers}")
-    print("| model | test R@20 | test N@20 | s/epoch | epochs | wall s | R@20 / pop | R@20 / mf |")
-    print("|---|---|---|---|---|---|---|---|")
-    print(f"| popularity | {pop['recall@20']:.4f} | {pop['ndcg@20']:.4f} | — | — | — | 1.00 | — |")
+    print("| model | lr | valid R@20 | test R@20 | test N@20 | s/epoch | epochs (best) | stopped by "
+          "| wall s | R@20 / pop | R@20 / mf |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print(f"| popularity | — | — | {pop['recall@20']:.4f} | {pop['ndcg@20']:.4f} | — | — | — | — | 1.00 | — |")
     for r in rows:
         vs_mf = f"{r['recall@20'] / mf['recall@20']:.2f}" if mf else "—"
-        print(f"| {r['model']} | {r['recall@20']:.4f} | {r['ndcg@20']:.4f} | {r['s/epoch']:.2f} | "
-              f"{r['epochs']} | {r['wall_s']:.0f} | {r['recall@20'] / pop['recall@20']:.2f} | {vs_mf} |")
+        stop = "early stopping" if r["early_stop"] else f"the cap ({r['cap']})"
+        print(f"| {r['model']} | {r['learning_rate']:g} | {r['valid_recall@20']:.4f} | "
+              f"{r['recall@20']:.4f} | {r['ndcg@20']:.4f} | {r['s/epoch']:.2f} | "
+              f"{r['epochs']} ({r['best_epoch']}) | {stop} | {r['wall_s']:.0f} | "
+              f"{r['recall@20'] / pop['recall@20']:.2f} | {vs_mf} |")
     return 0
 
 

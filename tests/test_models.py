@@ -10,14 +10,27 @@ import torch
 import torch.nn.functional as F
 
 from mmrecun_ray.errors import ConfigError, DataError
-from mmrecun_ray.models import MODELS, build_model, default_params, model_names
+from mmrecun_ray.models import (FREEDOM, MF, MGCN, MODELS, LightGCN, BatchRows, build_model,
+                                model_names, model_param_defaults, model_param_types)
 from mmrecun_ray.models.base import ModelOutput, Recommender
-from mmrecun_ray.models.graph import (knn_edges, knn_normalized, modality_weights,
-                                      normalized_adjacency, user_item_block)
+from mmrecun_ray.models.graph import (knn_edges, knn_normalized, light_propagate,
+                                      modality_weights, normalized_adjacency, user_item_block,
+                                      vision_slot_modality)
+from mmrecun_ray.models.mgcn import batch_info_nce, info_nce
+from mmrecun_ray.objectives import pair_scores
+from mmrecun_ray.training.defaults import TRAINING_DEFAULTS, training_defaults
 
 ALL = ["mf", "vbpr", "lightgcn", "freedom", "mgcn"]
 GRAPH = ["lightgcn", "freedom", "mgcn"]
 FEATURE = ["vbpr", "freedom", "mgcn"]
+#: every model, plus the feature-training variants (``name:train_features``)
+VARIANTS = ALL + ["freedom:train_features", "mgcn:train_features"]
+
+
+def spec(variant: str) -> tuple[str, dict]:
+    """``"freedom:train_features"`` -> ``("freedom", {"train_features": True})``."""
+    name, _, flag = variant.partition(":")
+    return name, ({flag: True} if flag else {})
 
 
 # -- helpers ------------------------------------------------------------------------------
@@ -56,31 +69,126 @@ def dense(m: torch.Tensor) -> torch.Tensor:
     return m.to_dense()
 
 
-# -- registry -----------------------------------------------------------------------------
-def test_registry_names_defaults_and_errors() -> None:
+# -- registry, typed constructors, from_params -------------------------------------------
+def test_registry_names_types_and_defaults() -> None:
     assert model_names()[:5] == ALL  # wrappers (e.g. sisa) may be registered after these
     assert set(ALL) <= set(MODELS)
+    assert model_param_types("lightgcn") == {"embedding_dim": int, "n_layers": int}
+    assert model_param_defaults("lightgcn") == {"embedding_dim": 64, "n_layers": 2}
+    assert model_param_types("freedom")["image_modality"] == (str | None)
+    assert model_param_types("freedom")["train_features"] is bool
+    assert model_param_types("sisa") == {"base_model": str, "shards": int, "seed": int}
     for name in ALL:
-        p = default_params(name)
+        p = model_param_defaults(name)
         assert p["embedding_dim"] == 64
-        assert p["learning_rate"] > 0 and p["reg_weight"] >= 0
-        assert set(p) >= {"embedding_dim", "learning_rate", "reg_weight"}
-        p["embedding_dim"] = 3  # a copy: the defaults stay intact
-        assert default_params(name)["embedding_dim"] == 64
-    assert default_params("freedom")["knn_k"] == 10
-    assert default_params("freedom")["dropout"] == 0.8
-    assert default_params("freedom")["mm_loss_weight"] == 1e-4
-    assert default_params("mgcn")["cl_loss"] == 0.01
+        # training settings are not model parameters any more
+        assert not {"learning_rate", "reg_weight"} & set(p)
+        assert set(p) == set(model_param_types(name))
+    f, m = model_param_defaults("freedom"), model_param_defaults("mgcn")
+    assert (f["knn_k"], f["dropout"], f["mm_loss_weight"], f["mm_image_weight"]) == (10, 0.9, 1e-4, 0.1)
+    assert (m["cl_loss"], m["temperature"]) == (0.01, 0.2)
     with pytest.raises(ConfigError, match="known models: mf, vbpr, lightgcn, freedom, mgcn"):
         build_model("ngcf", 3, 3, {})
     with pytest.raises(ConfigError, match="known models"):
-        default_params("nope")
+        model_param_defaults("nope")
+
+
+def test_training_defaults_per_model() -> None:
+    assert set(TRAINING_DEFAULTS) == set(ALL)
+    for name in ALL:
+        td = training_defaults(name)
+        assert td.learning_rate > 0 and td.reg_weight >= 0 and td.patience < td.epochs
+        assert set(td.to_dict()) == {"learning_rate", "reg_weight", "epochs", "patience",
+                                     "batch_size"}
+    assert training_defaults("FREEDOM").reg_weight == 0.0  # MMRec's FREEDOM has no L2
+    with pytest.raises(ConfigError, match="no training defaults for model 'sisa'; known: mf"):
+        training_defaults("sisa")
+
+
+def test_typed_constructors_take_keyword_hyper_parameters() -> None:
+    import inspect
+    assert list(inspect.signature(LightGCN).parameters) == ["n_users", "n_items",
+                                                           "embedding_dim", "n_layers"]
+    lg = LightGCN(30, 25, embedding_dim=8, n_layers=3)
+    assert lg.params == {"embedding_dim": 8, "n_layers": 3}
+    assert lg.user_embedding.weight.shape == (30, 8)
+    assert MF(4, 5, embedding_dim=6).item_embedding.weight.shape == (5, 6)
+    _, feats = small_problem()
+    mg = MGCN(30, 25, feats, knn_k=3, cl_loss=0.5)
+    assert (mg.knn_k, mg.cl_loss, mg.temperature) == (3, 0.5, 0.2)
+    with pytest.raises(ConfigError, match="n_users > 0"):
+        LightGCN(0, 3)
+
+
+def test_from_params_refuses_unknown_keys_and_wrong_types() -> None:
+    with pytest.raises(ConfigError, match=r"unknown lightgcn parameter 'n_layer'; known: "
+                                          r"embedding_dim, n_layers$"):
+        build_model("lightgcn", 3, 4, {}, {"n_layer": 3})
+    with pytest.raises(ConfigError, match=r"unknown mf parameter 'knn_k'"):
+        MF.from_params(3, 4, {}, {"knn_k": 5})
+    with pytest.raises(ConfigError, match="lightgcn parameter 'n_layers' must be int, got '3'"):
+        build_model("lightgcn", 3, 4, {}, {"n_layers": "3"})
+    with pytest.raises(ConfigError, match="'dropout' must be float, got True"):
+        build_model("freedom", 3, 25, small_problem()[1], {"dropout": True})
+    # JSON numbers: an integral float is an int, an int is a float
+    m = build_model("lightgcn", 3, 4, {}, {"n_layers": 3.0, "embedding_dim": 8})
+    assert m.n_layers == 3 and isinstance(m.params["n_layers"], int)
+    f = build_model("freedom", 3, 25, small_problem()[1], {"dropout": 1, "image_modality": None})
+    assert f.dropout == 1.0
+    with pytest.raises(ConfigError, match="image_modality='audio' is not a modality"):
+        build_model("freedom", 3, 25, small_problem()[1], {"image_modality": "audio"})
+
+
+def test_legacy_training_keys_are_dropped_and_nothing_else(caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+    with caplog.at_level(logging.DEBUG, logger="mmrecun_ray.models.base"):
+        m = build_model("lightgcn", 3, 4, {}, {"learning_rate": 0.005, "reg_weight": 1e-4,
+                                               "n_layers": 1})
+    assert m.params == {"embedding_dim": 64, "n_layers": 1}
+    assert "dropping legacy parameter learning_rate=0.005" in caplog.text
+    with pytest.raises(ConfigError, match="unknown lightgcn parameter 'lr'"):
+        build_model("lightgcn", 3, 4, {}, {"lr": 0.005})
+
+
+@pytest.mark.parametrize("name", ALL + ["sisa"])
+def test_model_rebuilds_from_its_params(name: str) -> None:
+    """``model.params`` survives JSON and ``from_params`` builds the same model: the same
+    state loads strictly and gives the same scores."""
+    import json
+    edges, feats = small_problem()
+    given = {"lightgcn": {"n_layers": 3}, "freedom": {"knn_k": 4, "mm_image_weight": 0.3,
+                                                      "train_features": True},
+             "mgcn": {"knn_k": 4, "temperature": 0.5}, "mf": {}, "vbpr": {},
+             "sisa": {"base_model": "freedom", "shards": 2, "seed": 3, "knn_k": 4}}[name]
+    torch.manual_seed(0)
+    model = build_model(name, 30, 25, feats, {"embedding_dim": 8, **given})
+    params = json.loads(json.dumps(model.params))
+    assert {k: params[k] for k in given} == given
+    twin = build_model(name, 30, 25, feats, params)
+    assert twin.params == model.params
+    twin.load_state_dict(model.state_dict(), strict=True)
+    for m in (model, twin):
+        m.set_graph(edges)
+        m.eval()
+    with torch.no_grad():
+        a, b = model(), twin()
+    torch.testing.assert_close(a.user @ a.item.T, b.user @ b.item.T)
 
 
 @pytest.mark.parametrize("name", FEATURE)
 def test_feature_models_reject_a_dataset_without_features(name: str) -> None:
     with pytest.raises(ConfigError, match="no modality features"):
         build_model(name, 4, 5, {})
+
+
+def test_features_flush_entries_no_float32_sum_can_see() -> None:
+    """Entries below 1e-30 are stored as 0 (they only make CPU products take the subnormal
+    slow path); ordinary entries are kept bit for bit."""
+    x = torch.tensor([[0.05, 1e-36, -3e-31, 0.2], [1e-29, -0.1, 0.0, 7.0]])
+    model = build_model("vbpr", 3, 2, {"text": x}, {"embedding_dim": 4})
+    got = model.item_features("text")
+    assert torch.equal(got, torch.tensor([[0.05, 0.0, 0.0, 0.2], [1e-29, -0.1, 0.0, 7.0]]))
+    assert torch.equal(got @ torch.ones(4), x @ torch.ones(4))  # invisible to a float32 sum
 
 
 def test_bad_inputs_are_named() -> None:
@@ -98,11 +206,12 @@ def test_bad_inputs_are_named() -> None:
 
 
 # -- shapes, dtypes, gradients ------------------------------------------------------------
-@pytest.mark.parametrize("name", ALL)
-def test_shapes_dtypes_and_every_parameter_gets_a_gradient(name: str) -> None:
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_shapes_dtypes_and_every_parameter_gets_a_gradient(variant: str) -> None:
     torch.manual_seed(0)
+    name, extra = spec(variant)
     edges, feats = small_problem()
-    model = build_model(name, 30, 25, feats, {"embedding_dim": 16})
+    model = build_model(name, 30, 25, feats, {"embedding_dim": 16, **extra})
     model.set_graph(edges)
     model.train()
     out = model()
@@ -110,21 +219,23 @@ def test_shapes_dtypes_and_every_parameter_gets_a_gradient(name: str) -> None:
     assert out.user.shape == (30, width) and out.item.shape == (25, width)
     assert out.user.dtype == torch.float32 and out.item.dtype == torch.float32
     users, pos, neg = torch.arange(30), edges[1, :30], torch.randint(0, 25, (30,))
-    loss = batch_loss(model, out, users, pos, neg, default_params(name)["reg_weight"])
+    loss = batch_loss(model, out, users, pos, neg, training_defaults(name).reg_weight)
     assert torch.isfinite(loss)
     loss.backward()
     for pname, p in model.named_parameters():
         assert p.grad is not None, f"{name}: {pname} got no gradient"
         assert p.grad.abs().sum() > 0, f"{name}: {pname} got an all-zero gradient"
-    # checkpoints carry parameters only (graphs and raw features are re-installed)
+    # checkpoints carry parameters only (graphs and fixed features are re-installed)
     assert set(model.state_dict()) == {k for k, _ in model.named_parameters()}
+    assert any(k.startswith("raw_features.") for k in model.state_dict()) == bool(extra)
 
 
-@pytest.mark.parametrize("name", FEATURE)
-def test_dropping_a_modality_changes_output_and_keeps_gradients(name: str) -> None:
+@pytest.mark.parametrize("variant", FEATURE + ["freedom:train_features", "mgcn:train_features"])
+def test_dropping_a_modality_changes_output_and_keeps_gradients(variant: str) -> None:
     torch.manual_seed(0)
+    name, extra = spec(variant)
     edges, feats = small_problem()
-    model = build_model(name, 30, 25, feats, {"embedding_dim": 16})
+    model = build_model(name, 30, 25, feats, {"embedding_dim": 16, **extra})
     model.set_graph(edges)
     model.eval()
     before = model().item.detach().clone()
@@ -139,6 +250,9 @@ def test_dropping_a_modality_changes_output_and_keeps_gradients(name: str) -> No
     # find_unused_parameters
     assert all(p.grad is not None for p in model.parameters())
     assert float(model.projection["image"].weight.grad.abs().sum()) == 0.0
+    if extra:
+        assert float(model.raw_features["image"].grad.abs().sum()) == 0.0
+        assert float(model.raw_features["text"].grad.abs().sum()) > 0.0
 
 
 @pytest.mark.parametrize("name", FEATURE)
@@ -235,9 +349,9 @@ def test_set_graph_with_fewer_edges_removes_them_from_propagation(name: str) -> 
         torch.testing.assert_close(r, a[:n_users, n_users:])
     if name == "freedom":
         model.train()
-        pruned = dense(model.pruned_adjacency())
+        pruned = dense(model.epoch_adjacency())
         kept_now = int((pruned > 0).sum()) // 2
-        assert kept_now == int(n_unique * 0.2)  # dropout 0.8 keeps 20 %
+        assert kept_now == int(n_unique * (1.0 - model.dropout))  # dropout 0.9 keeps 10 %
         assert bool(((pruned > 0) <= (a > 0)).all())  # only retained edges survive
 
 
@@ -317,10 +431,22 @@ def test_knn_batching_matches_one_block() -> None:
     torch.testing.assert_close(a_sim, b_sim)
 
 
-def test_modality_weights() -> None:
-    assert modality_weights(["image", "text"], 0.1) == pytest.approx({"image": 0.1, "text": 0.9})
-    assert modality_weights(["text", "audio"], 0.1) == pytest.approx({"text": 0.5, "audio": 0.5})
-    assert modality_weights(["text"], 0.1) == {"text": 1.0}
+def test_modality_weights_follow_mmrecs_vision_and_text_slots() -> None:
+    # MMRec: the text file goes to t_feat, the other modality to v_feat (weight w)
+    assert vision_slot_modality(["image", "text"]) == "image"
+    assert vision_slot_modality(["text", "audio"]) == "audio"  # Last.fm-2K
+    assert vision_slot_modality(["text", "video", "image"]) == "image"
+    assert vision_slot_modality(["text"]) is None
+    assert modality_weights(["image", "text"], 0.1, image_modality="image") == pytest.approx(
+        {"image": 0.1, "text": 0.9})
+    assert modality_weights(["text", "audio"], 0.1, image_modality="audio") == pytest.approx(
+        {"text": 0.9, "audio": 0.1})
+    assert modality_weights(["text", "audio", "image"], 0.2, image_modality="image") == \
+        pytest.approx({"text": 0.4, "audio": 0.4, "image": 0.2})
+    # the vision-slot modality dropped (unlearned): the rest weigh the same
+    assert modality_weights(["text", "audio"], 0.1, image_modality="image") == pytest.approx(
+        {"text": 0.5, "audio": 0.5})
+    assert modality_weights(["text"], 0.1, image_modality="text") == {"text": 1.0}
     assert modality_weights(["a", "b"], 0.1, {"a": 3, "b": 1}) == pytest.approx({"a": 0.75, "b": 0.25})
 
 
@@ -340,6 +466,228 @@ def test_model_item_graphs_follow_features_and_active_items() -> None:
     assert list(mg.item_graphs) == ["text"]
     gm = dense(mg.item_graphs["text"])
     assert gm[3].abs().sum() == 0 and gm[:, 3].abs().sum() == 0
+
+
+# -- FREEDOM: one pruned graph per epoch, MMRec's modality weights, trained features -----
+def _pairs(adj: torch.Tensor) -> set[tuple[int, int]]:
+    idx = adj.coalesce().indices()
+    return {(int(r), int(c)) for r, c in idx.T.tolist() if r < c}
+
+
+def test_freedom_draws_one_pruned_graph_per_epoch_from_seed_and_epoch() -> None:
+    edges, feats = small_problem()
+    torch.manual_seed(0)
+    a = build_model("freedom", 30, 25, feats, {"embedding_dim": 8})
+    torch.manual_seed(123)  # another rank's global RNG state: must not matter
+    b = build_model("freedom", 30, 25, feats, {"embedding_dim": 8})
+    b.load_state_dict(a.state_dict())
+    for m in (a, b):
+        m.set_graph(edges)
+        m.train()
+    n_unique = torch.unique(edges, dim=1).shape[1]
+    graphs = {}
+    for epoch in (0, 1):
+        a.on_epoch_start(epoch, seed=7)
+        b.on_epoch_start(epoch, seed=7)
+        ga, gb = a.epoch_adjacency(), b.epoch_adjacency()
+        torch.testing.assert_close(dense(ga), dense(gb))  # same (seed, epoch): same graph
+        assert len(_pairs(ga)) == int(n_unique * (1.0 - a.dropout)) > 0
+        graphs[epoch] = _pairs(ga)
+        # forward uses the epoch's graph, the same one at every step of the epoch
+        out1, out2 = a(), a()
+        torch.testing.assert_close(out1.user, out2.user)
+        ego = torch.cat([a.user_embedding.weight, a.item_embedding.weight])
+        expect = light_propagate(ga, ego, a.n_ui_layers)[:30]
+        torch.testing.assert_close(out1.user, expect)
+    assert graphs[0] != graphs[1]  # another epoch, another draw
+    a.on_epoch_start(0, seed=8)
+    assert _pairs(a.epoch_adjacency()) != graphs[0]  # another seed, another draw
+    a.on_epoch_start(0, seed=7)
+    assert _pairs(a.epoch_adjacency()) == graphs[0]  # reproducible
+    # evaluation mode: the full graph
+    a.eval()
+    full = a()
+    ego = torch.cat([a.user_embedding.weight, a.item_embedding.weight])
+    torch.testing.assert_close(full.user, light_propagate(a.adjacency, ego, 2)[:30])
+    # never called: one draw, kept; a new graph re-draws from the retained edges only
+    c = build_model("freedom", 30, 25, feats, {"embedding_dim": 8})
+    c.set_graph(edges)
+    c.train()
+    first = _pairs(c.epoch_adjacency())
+    assert first == _pairs(c.epoch_adjacency())
+    retain = edges[:, edges[0] >= 10]
+    c.set_graph(retain)
+    assert all(u >= 10 for u, _ in _pairs(c.epoch_adjacency()))
+
+
+def test_freedom_weighs_the_vision_slot_modality_like_mmrec() -> None:
+    """Last.fm-2K's text and audio: MMRec holds text in t_feat and audio in v_feat, so the
+    item graph is ``0.1 * S_audio + 0.9 * S_text``; ``image_modality`` overrides."""
+    feats = {"text": HAND.clone(), "audio": HAND[[0, 2, 1, 4, 3, 5]] * 2}  # other pairs
+    fm = build_model("freedom", 3, 6, feats, {"knn_k": 2, "embedding_dim": 4})
+    assert fm.params["image_modality"] == "audio"
+    s_t, s_a = dense(knn_normalized(HAND, 2)), dense(knn_normalized(feats["audio"], 2))
+    assert not torch.allclose(s_t, s_a)
+    torch.testing.assert_close(dense(fm.item_graph), 0.1 * s_a + 0.9 * s_t)
+    flipped = build_model("freedom", 3, 6, feats, {"knn_k": 2, "embedding_dim": 4,
+                                                   "image_modality": "text"})
+    torch.testing.assert_close(dense(flipped.item_graph), 0.9 * s_a + 0.1 * s_t)
+    fm.set_item_features({"text": feats["text"]})  # audio forgotten: text alone
+    torch.testing.assert_close(dense(fm.item_graph), s_t)
+
+
+def test_trained_features_move_and_forgotten_rows_stay_zero() -> None:
+    edges, feats = small_problem()
+    torch.manual_seed(0)
+    model = build_model("freedom", 30, 25, feats, {"embedding_dim": 8, "train_features": True})
+    model.set_graph(edges)
+    graph_before = dense(model.item_graph).clone()
+    opt = torch.optim.Adam(model.parameters(), lr=0.05)
+    model.train()
+    users, pos, neg = torch.arange(30), edges[1, :30], torch.randint(0, 25, (30,))
+    for _ in range(3):
+        loss = batch_loss(model, model(), users, pos, neg, 0.0)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    moved = (model.raw_features["text"] - feats["text"]).abs().max()
+    assert moved > 1e-3  # the raw features are trained ...
+    torch.testing.assert_close(dense(model.item_graph), graph_before)  # ... the kNN graph is not
+    # a forgotten feature row (zero in the installed features) never reaches the output,
+    # whatever the trained / loaded parameter holds
+    forgot = feats["text"].clone()
+    forgot[[2, 5]] = 0.0
+    model.set_item_features({"image": feats["image"], "text": forgot})
+    assert model.raw_features["text"][[2, 5]].abs().sum() > 0
+    x = model.item_features("text")
+    assert x[[2, 5]].abs().sum() == 0
+    torch.testing.assert_close(x[0], model.raw_features["text"][0])
+    model.zero_grad(set_to_none=True)
+    batch_loss(model, model(), users, pos, neg, 0.0).backward()
+    assert model.raw_features["text"].grad[[2, 5]].abs().sum() == 0
+    assert model.raw_features["text"].grad.abs().sum() > 0
+
+
+# -- MGCN's contrastive loss -----------------------------------------------------------------
+def test_info_nce_equals_the_textbook_formula_and_its_gradients() -> None:
+    # hand-computed: v1 = I, v2 = [[1, 0], [1, 1]] -> normalised [[1, 0], [s, s]], s = 1/sqrt 2
+    s2 = 1 / math.sqrt(2)
+    t = 0.5
+    row0 = math.log(math.exp(1 / t) + math.exp(s2 / t)) - 1 / t
+    row1 = math.log(math.exp(0.0) + math.exp(s2 / t)) - s2 / t
+    got = info_nce(torch.eye(2), torch.tensor([[1.0, 0.0], [1.0, 1.0]]), t)
+    assert float(got) == pytest.approx((row0 + row1) / 2, rel=1e-6)
+    # the old formula: cross-entropy of the (B, B) cosine logits / temperature
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(37, 6, generator=g), 3 * torch.randn(37, 6, generator=g)
+    grads = []
+    for fn in (lambda x, y: F.cross_entropy(F.normalize(x, dim=1) @ F.normalize(y, dim=1).T / 0.2,
+                                            torch.arange(37)),
+               lambda x, y: info_nce(x, y, 0.2)):
+        x, y = a.clone().requires_grad_(), b.clone().requires_grad_()
+        loss = fn(x, y)
+        (2.5 * loss).backward(retain_graph=True)
+        grads.append((float(loss), x.grad.clone(), y.grad.clone()))
+        x.grad, y.grad = None, None
+        (2.5 * loss).backward()  # a second backward through the saved softmax: same grads
+        torch.testing.assert_close(x.grad, grads[-1][1])
+    assert grads[0][0] == pytest.approx(grads[1][0], rel=1e-6)
+    torch.testing.assert_close(grads[1][1], grads[0][1], rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(grads[1][2], grads[0][2], rtol=1e-5, atol=1e-7)
+    d = info_nce(a.double(), b.double(), 0.2)
+    assert d.dtype == torch.float64 and float(d) == pytest.approx(grads[0][0], rel=1e-5)
+    # a temperature so low that exp could overflow: the row-maximum path, still exact
+    cold = F.cross_entropy(F.normalize(a, dim=1) @ F.normalize(b, dim=1).T / 0.005,
+                           torch.arange(37))
+    assert float(info_nce(a, b, 0.005)) == pytest.approx(float(cold), rel=1e-5)
+
+
+def old_info_nce(v1: torch.Tensor, v2: torch.Tensor, t: float) -> torch.Tensor:
+    """The formula before: cross-entropy of the (B, B) cosine logits / temperature."""
+    logits = F.normalize(v1, dim=1) @ F.normalize(v2, dim=1).T / t
+    return F.cross_entropy(logits, torch.arange(v1.shape[0]))
+
+
+def test_info_nce_over_distinct_rows_equals_the_batch_with_repeats() -> None:
+    """A batch drawing the same user/item several times: InfoNCE on the distinct rows with
+    their counts gives the batch's loss and the same gradients on the full tables."""
+    g = torch.Generator().manual_seed(4)
+    side0, content0 = torch.randn(20, 6, generator=g), torch.randn(20, 6, generator=g)
+    ids = torch.tensor([3, 3, 7, 0, 3, 19, 7, 5, 5, 5, 5, 12])  # repeats
+    res = []
+    for fn in (lambda s_, c_: old_info_nce(s_[ids], c_[ids], 0.2),
+               lambda s_, c_: batch_info_nce(s_, c_, ids, 0.2)):
+        s_, c_ = side0.clone().requires_grad_(), content0.clone().requires_grad_()
+        loss = fn(s_, c_)
+        loss.backward()
+        res.append((float(loss), s_.grad, c_.grad))
+    assert res[0][0] == pytest.approx(res[1][0], rel=1e-6)
+    torch.testing.assert_close(res[1][1], res[0][1], rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(res[1][2], res[0][2], rtol=1e-5, atol=1e-7)
+    # hand check of the counts: rows {a: x2, b: x1}, unit views, t = 1
+    q = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    k = torch.tensor([[1.0, 0.0], [1.0, 1.0]])
+    c = 1 / math.sqrt(2)
+    row_a = math.log(2 * math.e + math.exp(c)) - 1.0
+    row_b = math.log(2 * 1.0 + math.exp(c)) - c
+    got = info_nce(q, k, 1.0, counts=torch.tensor([2, 1]))
+    assert float(got) == pytest.approx((2 * row_a + row_b) / 3, rel=1e-6)
+
+
+def test_mgcn_contrastive_loss_equals_the_old_formula() -> None:
+    edges, feats = small_problem()
+    torch.manual_seed(0)
+    model = build_model("mgcn", 30, 25, feats, {"embedding_dim": 8})
+    model.set_graph(edges)
+    model.train()
+    out = model()
+    users = torch.randint(0, 30, (64,), generator=torch.Generator().manual_seed(1))
+    pos = torch.randint(0, 25, (64,), generator=torch.Generator().manual_seed(2))
+    side, content = out.extras["side"], out.extras["content"]
+    old = 0.01 * (old_info_nce(side[30:][pos], content[30:][pos], 0.2)
+                  + old_info_nce(side[:30][users], content[:30][users], 0.2))
+    torch.testing.assert_close(model.auxiliary_loss(out, users, pos, pos), old)
+
+
+def test_sparse_operator_products_and_gradients_match_torch_sparse() -> None:
+    from mmrecun_ray.models.graph import SparseOperator
+    g = torch.Generator().manual_seed(2)
+    edges, _ = small_problem()
+    for mat in (normalized_adjacency(torch.unique(edges, dim=1), 30, 25),
+                user_item_block(torch.unique(edges, dim=1), 30, 25)):  # square, (30, 25)
+        x0 = torch.randn(mat.shape[1], 5, generator=g)
+        w = torch.randn(mat.shape[0], 5, generator=g)
+        res = []
+        for op in (mat, SparseOperator(mat)):
+            x = x0.clone().requires_grad_()
+            y = op @ x if isinstance(op, SparseOperator) else torch.sparse.mm(op, x)
+            (y * w).sum().backward()
+            res.append((y.detach(), x.grad))
+        torch.testing.assert_close(res[0][0], res[1][0])
+        torch.testing.assert_close(res[0][1], res[1][1])
+
+
+# -- rows gathered once -------------------------------------------------------------------
+@pytest.mark.parametrize("name", ["mf", "vbpr", "mgcn", "freedom"])
+def test_gathered_rows_give_the_same_scores_l2_and_auxiliary_loss(name: str) -> None:
+    edges, feats = small_problem()
+    torch.manual_seed(0)
+    model = build_model(name, 30, 25, feats, {"embedding_dim": 8})
+    model.set_graph(edges)
+    model.train()
+    out = model()
+    users, pos, neg = torch.arange(30), edges[1, :30], torch.randint(0, 25, (30,))
+    rows = BatchRows.gather(out, users, pos, neg)
+    for x, y in zip(rows.scores(), pair_scores(out, users, pos, neg)):
+        torch.testing.assert_close(x, y)
+    torch.testing.assert_close(model.regularization(out, users, pos, neg, rows=rows),
+                               model.regularization(out, users, pos, neg))
+    torch.testing.assert_close(model.auxiliary_loss(out, users, pos, neg, rows=rows),
+                               model.auxiliary_loss(out, users, pos, neg))
+    hand = (out.user[users].pow(2).sum() + out.item[pos].pow(2).sum()
+            + out.item[neg].pow(2).sum()) / 60
+    if name != "freedom":  # FREEDOM's L2 is on the ego embeddings
+        torch.testing.assert_close(model.regularization(out, users, pos, neg, rows=rows), hand)
 
 
 # -- planted data: every model beats popularity --------------------------------------------
@@ -387,21 +735,27 @@ def sample_negatives(users: torch.Tensor, seen: torch.Tensor, g: torch.Generator
     return neg
 
 
-@pytest.mark.parametrize("name", ALL)
-def test_planted_training_beats_popularity(name: str, planted: dict) -> None:
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_planted_training_beats_popularity(variant: str, planted: dict) -> None:
+    """Every model trains: its loss falls and it ranks held-out items better than
+    popularity (FREEDOM re-draws its pruned graph every 10 steps, a planted "epoch")."""
     torch.manual_seed(0)
+    name, extra = spec(variant)
     train, seen, test = planted["train"], planted["seen"], planted["test"]
     n_users, n_items = planted["n_users"], planted["n_items"]
     popularity = torch.bincount(train[1], minlength=n_items).float()
     pop_recall = recall_at_k(popularity.expand(n_users, -1), seen, test)
 
-    model = build_model(name, n_users, n_items, planted["features"], {"embedding_dim": 32})
+    model = build_model(name, n_users, n_items, planted["features"], {"embedding_dim": 32, **extra})
     model.set_graph(train)
-    reg = default_params(name)["reg_weight"]
+    reg = training_defaults(name).reg_weight
     opt = torch.optim.Adam(model.parameters(), lr=0.01)
     g = torch.Generator().manual_seed(1)
     model.train()
-    for _ in range(120):
+    losses = []
+    for step in range(120):
+        if step % 10 == 0:
+            model.on_epoch_start(step // 10, seed=0)
         idx = torch.randint(0, train.shape[1], (512,), generator=g)
         users, pos = train[0, idx], train[1, idx]
         neg = sample_negatives(users, seen, g)
@@ -410,6 +764,8 @@ def test_planted_training_beats_popularity(name: str, planted: dict) -> None:
         opt.zero_grad()
         loss.backward()
         opt.step()
+        losses.append(float(loss))
+    assert sum(losses[-10:]) < 0.8 * sum(losses[:10]), f"{name}: loss {losses[0]:.3f} -> {losses[-1]:.3f}"
     model.eval()
     with torch.no_grad():
         out = model()

@@ -1,10 +1,12 @@
 """Graph and feature utilities shared by the recommenders.
 
 Everything here is device-agnostic: results live on the device of the inputs. Sparse
-matrices are coalesced ``torch.sparse_coo`` tensors (COO works for ``torch.sparse.mm``
-forward and backward on CPU and CUDA without torch-sparse / pyg-lib). Normalisation uses
-torch-geometric's ``gcn_norm`` (see :func:`gcn_norm`), which falls back to native torch
-scatter when torch-scatter is absent.
+matrices are stored as coalesced ``torch.sparse_coo`` tensors; products with dense
+embeddings that need gradients go through :class:`SparseOperator`, PyG's ``EdgeIndex``
+matmul (a CSR forward and, for the backward, its cached CSC transpose: about 3x faster on
+CPU than ``torch.sparse.mm``'s COO backward, which transposes and coalesces the matrix at
+every step). Normalisation uses torch-geometric's ``gcn_norm`` (see :func:`gcn_norm`),
+which falls back to native torch scatter when torch-scatter is absent.
 
 Conventions:
     - user-item graph: ``train_edges`` is ``(2, E)`` int64, row 0 users, row 1 items. The
@@ -21,6 +23,7 @@ import logging
 import re
 from typing import Any, Iterable
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -44,6 +47,42 @@ def gcn_norm(edge_index: torch.Tensor, edge_weight: torch.Tensor, num_nodes: int
     index, weight = pyg_gcn_norm(edge_index, edge_weight, num_nodes=num_nodes,
                                  add_self_loops=False, flow=flow)
     return index, weight
+
+
+class SparseOperator:
+    """A fixed sparse ``(n, m)`` matrix ``A`` for ``A @ X`` with dense ``(m, d)`` ``X`` that
+    needs gradients: PyG's ``EdgeIndex.matmul`` (CSR forward, cached CSC for ``A^T @ G``).
+
+    Args:
+        mat: coalesced sparse COO ``(n, m)`` tensor (its values get no gradient).
+    Attributes:
+        source: ``mat`` itself (the cache key of :meth:`DerivedTensorsMixin.operator`).
+    """
+
+    def __init__(self, mat: torch.Tensor) -> None:
+        import warnings
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            from torch_geometric import EdgeIndex
+        # EdgeIndex.matmul builds CSR views at every product; torch warns about them once
+        for message in ("Sparse CSR tensor support is in beta",
+                        "Sparse invariant checks are implicitly disabled"):
+            warnings.filterwarnings("ignore", message=message, category=UserWarning)
+        mat = mat.coalesce()
+        self.source = mat
+        self.shape = (int(mat.shape[0]), int(mat.shape[1]))
+        self.value = mat.values().detach()
+        # a coalesced COO index is sorted by row, as EdgeIndex's CSR needs
+        self.index = EdgeIndex(mat.indices(), sparse_size=self.shape, sort_order="row")
+
+    def __matmul__(self, x: torch.Tensor) -> torch.Tensor:
+        """``(n, d)`` product with ``(m, d)`` ``x``."""
+        return self.index.matmul(x, input_value=self.value)
+
+
+def spmm(a: torch.Tensor | SparseOperator, x: torch.Tensor) -> torch.Tensor:
+    """``a @ x`` for a :class:`SparseOperator` or a sparse COO tensor ``a``."""
+    return a @ x if isinstance(a, SparseOperator) else torch.sparse.mm(a, x)
 
 
 _MODALITY_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -77,6 +116,16 @@ class DerivedTensorsMixin:
         for key, value in list(store.items()):
             store[key] = fn(value)
         return out
+
+    def operator(self, key: str) -> SparseOperator:
+        """:class:`SparseOperator` of the sparse matrix ``derived()[key]``, built on first
+        use and rebuilt whenever that entry is replaced (a new graph, a device move)."""
+        mat = self.derived()[key]
+        cache = self.__dict__.setdefault("_sparse_operators", {})
+        op = cache.get(key)
+        if op is None or op.source is not mat:
+            op = cache[key] = SparseOperator(mat)
+        return op
 
     def model_device(self) -> torch.device:
         """Device of the first parameter (CPU for a parameter-free module)."""
@@ -124,56 +173,93 @@ class UserItemGraphMixin(DerivedTensorsMixin):
                               "forward()")
         return store["adj"]
 
+    @property
+    def propagator(self) -> SparseOperator:
+        """:attr:`adjacency` as a :class:`SparseOperator` (what forward multiplies by)."""
+        self.adjacency  # noqa: B018 - raises a clear error before set_graph
+        return self.operator("adj")  # type: ignore[attr-defined]
+
 
 class ItemFeaturesMixin(DerivedTensorsMixin):
-    """Fixed (non-trainable) item features per modality, plus lazily built kNN graphs.
+    """Item features per modality, plus lazily built kNN graphs.
+
+    Features are fixed inputs by default. With ``train_features=True`` (MMRec's FREEDOM and
+    MGCN: ``nn.Embedding.from_pretrained(feat, freeze=False)``) each modality's feature
+    matrix is also a trained parameter ``raw_features[m]`` ``(n_items, d_m)``, initialised
+    from the construction-time features; the kNN graphs are still built from the
+    installed (fixed) features, as MMRec builds them once from the initial ones.
 
     Attributes:
         modality_dims: modality -> feature dimension, fixed at construction (one set of
             layers per modality is created from it).
         active_modalities: modalities currently installed (a dropped modality is absent).
-    Derived tensors: ``feat.<m>`` ``(n_items, d_m)``, optional ``active_items``
-    ``(n_items,)`` bool, and ``knn.<m>`` ``(n_items, n_items)`` sparse graphs built on first
-    use, on the model's current device, and cleared (with any ``item_graph*`` entry a
-    model caches) by every feature change.
+        train_features: whether the raw features are trained parameters.
+    Derived tensors: ``feat.<m>`` ``(n_items, d_m)``, ``featmask.<m>`` ``(n_items, 1)``
+    (1 where the installed row is non-zero; trained features are multiplied by it, so a
+    row forgotten by :meth:`set_item_features` stays zero whatever a loaded state holds),
+    optional ``active_items`` ``(n_items,)`` bool, and ``knn.<m>`` ``(n_items, n_items)``
+    sparse graphs built on first use, on the model's current device, and cleared (with any
+    ``item_graph*`` entry a model caches) by every feature change.
     """
 
     modality_dims: dict[str, int]
     active_modalities: list[str]
+    train_features: bool = False
 
-    def _init_features(self, features: dict[str, Any] | None) -> dict[str, torch.Tensor]:
-        """Validate construction-time features (at least one modality) and record dims."""
+    def _init_features(self, features: dict[str, Any] | None,
+                       train_features: bool = False) -> dict[str, torch.Tensor]:
+        """Validate construction-time features (at least one modality), record dims and,
+        with ``train_features``, create the ``raw_features`` parameters."""
         name = type(self).__name__.lower()
         feats = check_features(name, features, self.n_items, required=True)  # type: ignore[attr-defined]
         self.modality_dims = {m: int(t.shape[1]) for m, t in feats.items()}
         self.active_modalities = []
+        self.train_features = bool(train_features)
+        if self.train_features:
+            self.raw_features = nn.ParameterDict(
+                {m: nn.Parameter(t.clone()) for m, t in feats.items()})
         return feats
 
     def set_item_features(self, features: dict[str, torch.Tensor],
                           active_items: torch.Tensor | None = None) -> None:
         """Replace features (absent modality = dropped) and the active-item mask; kNN
         graphs are rebuilt from them on next use (inactive items and all-zero feature rows
-        get no neighbours and are nobody's neighbour)."""
+        get no neighbours and are nobody's neighbour). Trained raw features keep their
+        values; rows that are zero here are masked out of them."""
         name = type(self).__name__.lower()
         n_items = self.n_items  # type: ignore[attr-defined]
         feats = check_replacement_features(name, self.modality_dims, features, n_items)
         mask = check_active_items(active_items, n_items)
         store = self.derived()
-        for key in [k for k in store if k.startswith(("feat.", "knn.", "active_items",
-                                                      "item_graph"))]:
+        for key in [k for k in store if k.startswith(("feat.", "featmask.", "knn.",
+                                                      "active_items", "item_graph"))]:
             del store[key]
         for m, t in feats.items():
             store[f"feat.{m}"] = self.place(t)
+            if self.train_features:
+                store[f"featmask.{m}"] = self.place((t.abs().sum(1, keepdim=True) > 0).float())
         if mask is not None:
             store["active_items"] = self.place(mask)
         self.active_modalities = list(feats)
 
     def item_features(self, modality: str) -> torch.Tensor:
-        """``(n_items, d_m)`` installed features of ``modality``."""
-        return self.derived()[f"feat.{modality}"]
+        """``(n_items, d_m)`` features of ``modality``: the installed ones, or the trained
+        ones (masked) with ``train_features``."""
+        store = self.derived()
+        if self.train_features:
+            return self.raw_features[modality] * store[f"featmask.{modality}"]
+        return store[f"feat.{modality}"]
+
+    def dropped_feature_params(self) -> list[nn.Parameter]:
+        """Trained raw-feature parameters of modalities that are not installed (to keep
+        in the autograd graph with :func:`zero_touch`)."""
+        if not self.train_features:
+            return []
+        return [p for m, p in self.raw_features.items() if m not in self.active_modalities]
 
     def knn_graph(self, modality: str, k: int, weighted: bool) -> torch.Tensor:
-        """``(n_items, n_items)`` sparse normalised kNN graph of ``modality`` (cached)."""
+        """``(n_items, n_items)`` sparse normalised kNN graph of ``modality`` (cached),
+        from the installed features."""
         store = self.derived()
         key = f"knn.{modality}"
         if key not in store:
@@ -226,9 +312,19 @@ def check_edges(train_edges: torch.Tensor, n_users: int, n_items: int) -> torch.
     return torch.stack([keys // n_items, keys % n_items])
 
 
+#: feature entries smaller in magnitude are stored as 0 (see :func:`check_features`)
+FEATURE_FLUSH = 1e-30
+
+
 def check_features(model_name: str, features: dict[str, Any] | None, n_items: int,
                    *, required: bool) -> dict[str, torch.Tensor]:
     """Validate a modality -> ``(n_items, d_m)`` dict and convert to float32 tensors.
+
+    Entries with ``|x| < FEATURE_FLUSH`` (1e-30) become 0. No float32 sum or dot product
+    with a feature of ordinary scale can see them, but as GEMM operands next to small
+    gradients they produce subnormal products, which drive CPU matrix products onto their
+    slow path: Last.fm-2K's text embeddings hold such entries (down to 1e-36), and the
+    gradient of FREEDOM's text projection took 30-80x longer than the audio one.
 
     Raises:
         ConfigError: ``required`` and no modality given; a bad modality name; wrong shape;
@@ -245,7 +341,7 @@ def check_features(model_name: str, features: dict[str, Any] | None, n_items: in
                               f"expected ({n_items}, d)")
         if not bool(torch.isfinite(t).all()):
             raise ConfigError(f"{model_name}: feature {name!r} contains NaN or inf")
-        out[str(name)] = t
+        out[str(name)] = t.masked_fill(t.abs() < FEATURE_FLUSH, 0.0)
     if required and not out:
         raise ConfigError(f"model {model_name!r} uses item features, but the dataset has no "
                           "modality features (features/<modality>.parquet); pick a model "
@@ -310,6 +406,8 @@ def degree_sensitive_prune(edges: torch.Tensor, probs: torch.Tensor, keep_ratio:
     Args:
         edges: ``(2, E)`` int64 unique user-item edges.
         probs: ``(E,)`` non-negative sampling weights.
+        generator: optional CPU ``torch.Generator``; with it the draw is made on the CPU,
+            so the same generator state gives the same kept edges on every device.
     Returns:
         ``(N, N)`` sparse normalised adjacency of the kept edges only.
     """
@@ -321,25 +419,36 @@ def degree_sensitive_prune(edges: torch.Tensor, probs: torch.Tensor, keep_ratio:
         return sparse_matrix(empty, probs.new_zeros(0), (n, n))
     if n_keep >= e:
         return normalized_adjacency(edges, n_users, n_items)
-    keep = torch.multinomial(probs, n_keep, replacement=False, generator=generator)
+    if generator is not None:  # a CPU generator: draw on the CPU, identical on any device
+        keep = torch.multinomial(probs.detach().cpu(), n_keep, replacement=False,
+                                 generator=generator).to(edges.device)
+    else:
+        keep = torch.multinomial(probs, n_keep, replacement=False)
     return normalized_adjacency(edges[:, keep], n_users, n_items)
 
 
-def light_propagate(adj: torch.Tensor, ego: torch.Tensor, n_layers: int) -> torch.Tensor:
+def derive_seed(*keys: int) -> int:
+    """A 63-bit seed mixed from integer ``keys`` (e.g. ``(seed, epoch)``) with numpy's
+    ``SeedSequence``: distinct keys give unrelated streams, equal keys the same one."""
+    state = np.random.SeedSequence([int(k) for k in keys]).generate_state(1, dtype=np.uint64)
+    return int(state[0] >> np.uint64(1))
+
+
+def light_propagate(adj: torch.Tensor | SparseOperator, ego: torch.Tensor,
+                    n_layers: int) -> torch.Tensor:
     """LightGCN propagation: mean of ``[E, A E, A^2 E, ..., A^L E]``.
 
     Args:
-        adj: ``(N, N)`` sparse normalised adjacency.
+        adj: ``(N, N)`` sparse normalised adjacency (COO tensor or :class:`SparseOperator`).
         ego: ``(N, d)`` layer-0 embeddings.
     Returns:
         ``(N, d)``.
     """
-    layers = [ego]
-    h = ego
+    total, h = ego, ego
     for _ in range(int(n_layers)):
-        h = torch.sparse.mm(adj, h)
-        layers.append(h)
-    return torch.stack(layers, dim=0).mean(dim=0)
+        h = spmm(adj, h)
+        total = total + h
+    return total / (int(n_layers) + 1)
 
 
 # -- item-item kNN graphs -----------------------------------------------------------------
@@ -406,14 +515,33 @@ def knn_normalized(features: torch.Tensor, k: int, valid: torch.Tensor | None = 
     return sparse_matrix(index, w, (n, n))
 
 
+def vision_slot_modality(names: Iterable[str]) -> str | None:
+    """The modality MMRec would load into its ``v_feat`` (vision) slot.
+
+    MMRec's multimodal models read two feature files, ``vision_feature_file`` -> ``v_feat``
+    and ``text_feature_file`` -> ``t_feat``; FREEDOM weighs the ``v_feat`` kNN graph by
+    ``mm_image_weight`` and the ``t_feat`` one by ``1 - mm_image_weight``. A modality named
+    ``text`` takes the text slot, so the vision slot holds ``image`` when present, else the
+    first other modality by name (Last.fm-2K: ``audio``). ``None`` when only ``text`` (or
+    nothing) is given.
+    """
+    others = sorted(m for m in names if m != "text")
+    if "image" in others:
+        return "image"
+    return others[0] if others else None
+
+
 def modality_weights(names: list[str], image_weight: float,
-                     explicit: dict[str, float] | None = None) -> dict[str, float]:
+                     explicit: dict[str, float] | None = None,
+                     image_modality: str | None = None) -> dict[str, float]:
     """Weights (summing to 1) for combining per-modality item graphs.
 
     ``explicit`` (modality -> weight) wins when given (restricted to ``names`` and
-    re-normalised). Otherwise FREEDOM's rule generalised: a modality named ``image``
-    gets ``image_weight`` and the others share ``1 - image_weight`` equally; without an
-    ``image`` modality (or with only one modality) all weigh the same.
+    re-normalised). Otherwise FREEDOM's rule: ``image_modality`` (the modality in MMRec's
+    vision slot, see :func:`vision_slot_modality`) gets ``image_weight`` and the other
+    modalities share ``1 - image_weight`` equally (with two modalities: exactly MMRec's
+    ``w * S_v + (1 - w) * S_t``). When ``image_modality`` is ``None`` or not among
+    ``names`` (dropped), or only one modality is left, all weigh the same.
     """
     if not names:
         return {}
@@ -424,9 +552,9 @@ def modality_weights(names: list[str], image_weight: float,
             raise ConfigError(f"modality_weights {explicit} give no positive weight to "
                               f"the active modalities {names}")
         return {m: v / total for m, v in raw.items()}
-    if "image" in names and len(names) > 1:
+    if image_modality in names and len(names) > 1:
         rest = (1.0 - float(image_weight)) / (len(names) - 1)
-        return {m: (float(image_weight) if m == "image" else rest) for m in names}
+        return {m: (float(image_weight) if m == image_modality else rest) for m in names}
     return {m: 1.0 / len(names) for m in names}
 
 

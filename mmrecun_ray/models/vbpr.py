@@ -14,8 +14,6 @@ modality dropped by :meth:`VBPR.set_item_features` simply leaves the sum.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -27,6 +25,12 @@ from mmrecun_ray.models.graph import ItemFeaturesMixin, zero_touch
 class VBPR(ItemFeaturesMixin, Recommender):
     """VBPR with any number of modalities; output embeddings have dimension ``2d``.
 
+    Args:
+        n_users: number of users.
+        n_items: number of items.
+        features: modality -> ``(n_items, d_m)`` float tensor (at least one modality).
+        embedding_dim: ``d`` (users hold ``2d``: id part and visual-preference part).
+
     ``set_item_features`` (from :class:`ItemFeaturesMixin`) replaces the features; the
     ``active_items`` mask has no effect here (VBPR has no item-item graph).
 
@@ -37,18 +41,12 @@ class VBPR(ItemFeaturesMixin, Recommender):
     """
 
     uses_features = True
-    DEFAULTS: ClassVar[dict[str, Any]] = {
-        "embedding_dim": 64,
-        "learning_rate": 1e-3,
-        "reg_weight": 1e-4,
-    }
 
-    def __init__(self, n_users: int, n_items: int, features: dict[str, torch.Tensor] | None = None,
-                 params: dict[str, Any] | None = None) -> None:
-        super().__init__(n_users, n_items, features, params)
-        self.params = {**self.DEFAULTS, **self.params}
+    def __init__(self, n_users: int, n_items: int, features: dict[str, torch.Tensor],
+                 embedding_dim: int = 64) -> None:
+        super().__init__(n_users, n_items)
         feats = self._init_features(features)
-        d = int(self.params["embedding_dim"])
+        self.embedding_dim = d = int(embedding_dim)
         self.init_id_embeddings(2 * d, d)
         self.projection = nn.ModuleDict(
             {m: nn.Linear(t.shape[1], d, bias=False) for m, t in feats.items()})
