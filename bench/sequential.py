@@ -244,7 +244,7 @@ def plot(rows: list[dict[str, Any]], title: str) -> str:
                   [("forget R@20", [r["forget_recall@20"] for r in rows], "#1b9e77"),
                    ("before (shipped)", [r["before_forget_recall@20"] for r in rows], "#7570b3"),
                    ("MIA AUC", [r["mia_auc"] for r in rows], "#e7298a")],
-                  band("forget_recall@20"), "value"),
+                  band("forget_recall@20") + band("mia_auc"), "value"),
         svg_lines("Wall time per batch (s)", xs,
                   [("batch total", [r["batch_seconds"] for r in rows], "#1b9e77"),
                    ("method", [r["method_seconds"] for r in rows], "#7570b3"),
@@ -260,21 +260,27 @@ def plot(rows: list[dict[str, Any]], title: str) -> str:
 
 def advice(rows: list[dict[str, Any]]) -> tuple[int | None, str]:
     """The first batch whose chained model leaves a *fresh* Gold band, and what to do."""
+    if not rows:
+        return None, "no batch ran"
     left = next((r for r in rows if r["fresh_gold"] and r["passed"] is False), None)
     stale = next((r for r in rows if not r["fresh_gold"] and r["passed"] is False), None)
     if left is None:
-        text = (f"the chained model stayed inside every fresh Gold band through batch {rows[-1]['batch']}"
-                if rows else "no batch ran")
+        text = f"the chained model stayed inside every fresh Gold band through batch {rows[-1]['batch']}"
         if stale is not None:
-            text += (f" (a stale band flagged batch {stale['batch']}: {', '.join(stale['outside'])}); "
-                     "keep gold: scheduled at this age, or shorten gold_max_age")
+            text += (f"; a stale band flagged batch {stale['batch']} on the retain metrics "
+                     f"({', '.join(stale['outside']) or '; '.join(stale['reasons'])}): shorten gold_max_age")
         return None, text
+    why = ", ".join(left["outside"]) or "; ".join(left["reasons"])
+    fallback = ("enforce the gate with fallback 'retrain': the batch ships its Gold and the chain "
+                "restarts from a model that never saw the forgotten data")
+    if left is next(r for r in rows if r["fresh_gold"]):
+        return left["batch"], (
+            f"the chained model is outside the fresh Gold band from the first audited batch "
+            f"({left['batch']}: {why}), before any drift: the method itself does not meet the band "
+            f"on these metrics; {fallback} (here: every batch), or tune the method / narrow the gate")
     return left["batch"], (
-        f"the chained model leaves the fresh Gold band at batch {left['batch']} "
-        f"({', '.join(left['outside']) or '; '.join(left['reasons'])}): enforce the gate with "
-        "fallback 'retrain' (ship the Gold of that batch; the chain restarts from a model that "
-        f"never saw the forgotten data), and retrain a fresh band at least every "
-        f"{max(1, left['batch'] - 1)} batch(es)")
+        f"the chained model leaves the fresh Gold band at batch {left['batch']} ({why}), inside "
+        f"before: {fallback}, and retrain a fresh band at least every {left['batch'] - 1} batch(es)")
 
 
 # -- main -----------------------------------------------------------------------------------------

@@ -139,6 +139,10 @@ def test_policy_file_is_checked_and_verdicts_follow_the_band(tmp_path: Path) -> 
     # the default gate judges every banded metric the audit reports
     everything = judge(Policy(), cand, bands, None, "now")
     assert set(everything.verdicts) == {"forget_recall@20", "retain_recall@20"}
+    # a band reused from an earlier batch judges the retain metrics only
+    stale = judge(Policy(), cand, bands, None, "scheduled:abc")
+    assert stale.verdicts == {"retain_recall@20": "inside"} and stale.stale_skipped == ["forget_recall@20"]
+    assert len(stale.reasons) == 1 and "0.97 x Gold" in stale.reasons[0]
 
 
 # -- crash safety -----------------------------------------------------------------------------

@@ -354,13 +354,14 @@ def load_batch(out_uri: str, bid: str) -> Batch:
     return Batch(out_uri, bid, read_json(uri))
 
 
-def _band_plan(policy: Policy, out_uri: str, index: int, kinds: set[str]) -> dict[str, Any]:
+def _band_plan(policy: Policy, out_uri: str, index: int) -> dict[str, Any]:
     """Where this batch's Gold band comes from: ``now`` / ``none`` / the stored band of
-    ``<out>/GOLD`` (``scheduled``, when fresh enough and covering the batch's kinds)."""
+    ``<out>/GOLD`` (``scheduled``, when at most ``gold_max_age`` batches old; a stale band
+    judges the retain metrics only, see :mod:`~mmrecun_ray.unlearning.policy`)."""
     if policy.gold != "scheduled":
         return {"source": policy.gold}
     g = read_doc(out_uri, GOLD)
-    if g is not None and index - int(g["index"]) <= policy.gold_max_age and kinds <= set(g["kinds"]):
+    if g is not None and index - int(g["index"]) <= policy.gold_max_age:
         return {"source": f"scheduled:{g['batch']}", "age": index - int(g["index"]),
                 "bands": g["bands"]}
     return {"source": "now"}
@@ -435,7 +436,7 @@ def _open_batch(o: ProcessOptions, members: dict[str, dict[str, Any]], base: str
         "settings": dict(o.sets), "policy": o.policy.to_dict(), "base_model": base,
         "data": str(o.data_uri), "members": [members[r] for r in ids],
         "marker_batch": (marker or {}).get("batch"),
-        "band_plan": _band_plan(o.policy, o.out_uri, index, kinds),
+        "band_plan": _band_plan(o.policy, o.out_uri, index),
         "previous": {"batch": pointer.get("batch") if pointer else None,
                      "batches": list(pointer["batches"]) if pointer else [], "model_uri": base},
         "started": time.time(), "states": []})

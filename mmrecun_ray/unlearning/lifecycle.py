@@ -64,9 +64,6 @@ def fault(state: str) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-_fault = fault
-
-
 def raw_view(uri: str) -> RecDataset:
     """The version's data with nothing hidden (what sampled requests draw from)."""
     led = ledger.read_entries(ledger_uri_for(uri))
@@ -224,7 +221,7 @@ def _journal(p: Plan, state: str, **extra: Any) -> None:
     j.update(extra)
     write_json_atomic(join(p.out_uri, JOB_FILE), to_jsonable(j))
     p.journal = j
-    _fault(state)
+    fault(state)
 
 
 def _request_doc(p: Plan) -> dict[str, Any]:

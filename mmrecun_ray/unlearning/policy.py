@@ -13,8 +13,13 @@ A :class:`Policy` (a JSON file, ``--policy``, and/or flags) says
   (the pointer's), measured in the same audit (0: off);
 - ``gold``: how the band is obtained: ``now`` (``gold_seeds`` Golds retrained on the
   batch's cumulative retain set), ``scheduled`` (reuse the last band if it is at most
-  ``gold_max_age`` batches old and covers every gated metric, else retrain now), ``none``
-  (no band: only the retain-vs-shipped floor can gate);
+  ``gold_max_age`` batches old, else retrain now),
+  ``none`` (no band: only the retain-vs-shipped floor can gate). A reused (stale) band
+  judges only :data:`POPULATION_METRICS`: every other metric is measured on the batch's
+  own forgotten units (D_f, its users' fold-in halves, control units, MIA draws), and its
+  Gold level moves with them (Last.fm-2K, users+items+interactions at 0.25% per batch:
+  Gold's forget Recall@20 was 0.197 at batch 1 and 0.076 at batch 4), so a band from
+  another batch says nothing about it;
 - ``fallback`` when a model fails: ``retrain`` (ship a Gold retrained from scratch on the
   ledger-filtered data) or ``schedule`` (ship nothing; ``<out>/RETRAIN_SCHEDULED`` names the
   requests, and the next run retrains and ships);
@@ -38,6 +43,8 @@ from mmrecun_ray.unlearning.band import RETAIN_METRIC, RETAIN_RATIO_MIN, UNBANDE
 GOLD_MODES = ("now", "scheduled", "none")
 FALLBACKS = ("retrain", "schedule")
 MODES = ("enforce", "observe")
+#: metrics on the retain test users: the ones a band from an earlier batch still describes
+POPULATION_METRICS = ("retain_recall@20", "retain_ndcg@20")
 #: Gold retrains of a band when the policy does not say (band.py: with K = 2 a Gold-equivalent
 #: model leaves the band on about 2% of metrics)
 GOLD_SEEDS = 2
@@ -132,6 +139,7 @@ class Verdict:
         reasons: one line per failed check (empty when passed).
         verdicts: metric -> ``inside`` / ``above`` / ``below`` / ``n/a`` for each gated one.
         not_applicable: gated metrics the audit of this batch does not produce.
+        stale_skipped: gated metrics not judged because the band is stale (module doc).
         retain: the retain Recall@20 figures (model, Gold mean, shipped, ratios).
         band: where the band came from (``now``, ``scheduled:<batch>``, ``none``).
     """
@@ -140,6 +148,7 @@ class Verdict:
     reasons: list[str] = field(default_factory=list)
     verdicts: dict[str, str] = field(default_factory=dict)
     not_applicable: list[str] = field(default_factory=list)
+    stale_skipped: list[str] = field(default_factory=list)
     retain: dict[str, float | None] = field(default_factory=dict)
     band: str = "none"
 
@@ -170,10 +179,13 @@ def judge(policy: Policy, result: AuditResult, bands: dict[str, Band] | None,
         bands: the Gold bands (:func:`~mmrecun_ray.unlearning.band.gold_bands`), or None.
         shipped: the audit of the model shipped now, with the same context (its retain
             Recall@20 is the ``retain_ratio_min_shipped`` reference), or None (first batch).
-        band_source: recorded in the verdict.
+        band_source: recorded in the verdict; ``scheduled:...`` marks the band stale (only
+            :data:`POPULATION_METRICS` are judged against it).
     """
     names = gated_metrics(policy, result, bands)
-    applicable = [m for m in names if m in result.values]
+    stale = band_source.startswith("scheduled")
+    skipped = [m for m in names if stale and m not in POPULATION_METRICS]
+    applicable = [m for m in names if m in result.values and m not in skipped]
     reasons: list[str] = []
     verdicts: dict[str, str] = {}
     for m in applicable:
@@ -205,4 +217,5 @@ def judge(policy: Policy, result: AuditResult, bands: dict[str, Band] | None,
         reasons.append("band.passes rejects the model")  # a check above and band.py disagree
     return Verdict(passed=not reasons, reasons=reasons, verdicts=verdicts,
                    not_applicable=[m for m in names if m not in result.values],
+                   stale_skipped=[m for m in skipped if m in result.values],
                    retain=retain, band=band_source)
