@@ -105,6 +105,7 @@ def _lazy(module: str, func: str) -> Callable[[argparse.Namespace], int]:
 EXTRA_COMMANDS: list[str] = [
     # modules providing add_parsers(subparsers, add_scaling, add_s3)
     "mmrecun_ray.unlearning.cli",
+    "mmrecun_ray.unlearning.inbox_cli",
     "mmrecun_ray.tuning.cli",
     "mmrecun_ray.storage.cli",
 ]

@@ -57,7 +57,7 @@ STATES = ("accepted", "retain_published", "models_published", "done")
 FAULT_ENV = "MMRECUN_FAULT_AT"
 
 
-def _fault(state: str) -> None:
+def fault(state: str) -> None:
     """Test hook: SIGKILL this process right after ``state`` (see the module docstring)."""
     if os.environ.get(FAULT_ENV) == state:
         logger.warning("fault injection: killing the process after %s", state)
@@ -221,7 +221,7 @@ def _journal(p: Plan, state: str, **extra: Any) -> None:
     j.update(extra)
     write_json_atomic(join(p.out_uri, JOB_FILE), to_jsonable(j))
     p.journal = j
-    _fault(state)
+    fault(state)
 
 
 def _request_doc(p: Plan) -> dict[str, Any]:
@@ -251,21 +251,27 @@ def _ledger_pairs(f: ForgetSet) -> np.ndarray:
     return np.concatenate(parts).astype(np.int64)
 
 
+def record_accepted(fset: ForgetSet, original: RecDataset, data_uri: str) -> dict[str, Any]:
+    """Append ``fset``'s request (resolved over ``original``, the view of ``data_uri``) to the
+    lineage root's ledger; idempotent per request id. Returns the committed entry."""
+    f, req = fset, fset.request
+    dropped = {m: ("all" if m not in f.retain.features else v.tolist())
+               for m, v in f.dropped_features.items()}
+    canonical = {k: v for k, v in req.canonical().items() if k != "pairs"}
+    return ledger.record_request(
+        ledger_uri_for(data_uri), request_id=req.request_id(), kind=req.kind, request=canonical,
+        pairs=_ledger_pairs(f), users=req.users if req.kind == "users" else [],
+        banned_items=f.banned_items.tolist(), dropped_features=dropped,
+        n_users=f.retain.n_users, n_items=f.retain.n_items, data_uri=str(data_uri),
+        data_hash=original.manifest.content_hash(), source=req.source)
+
+
 def accept(p: Plan) -> None:
     """Append the request to the lineage root's ledger (idempotent) and journal it."""
     if p.reached("accepted"):
         return
-    f, req = p.fset, p.request
     if p.record:
-        dropped = {m: ("all" if m not in f.retain.features else v.tolist())
-                   for m, v in f.dropped_features.items()}
-        canonical = {k: v for k, v in req.canonical().items() if k != "pairs"}
-        p.entry = ledger.record_request(
-            ledger_uri_for(p.data_uri), request_id=p.request_id, kind=req.kind, request=canonical,
-            pairs=_ledger_pairs(f), users=req.users if req.kind == "users" else [],
-            banned_items=f.banned_items.tolist(), dropped_features=dropped,
-            n_users=f.retain.n_users, n_items=f.retain.n_items, data_uri=p.data_uri,
-            data_hash=p.original.manifest.content_hash(), source=req.source)
+        p.entry = record_accepted(p.fset, p.original, p.data_uri)
     _journal(p, "accepted", ledger_seq=None if p.entry is None else p.entry.get("seq"),
              recorded=p.record)
 
