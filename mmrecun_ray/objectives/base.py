@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from mmrecun_ray.errors import ConfigError
-from mmrecun_ray.models.base import ModelOutput, Recommender
+from mmrecun_ray.models.base import BatchRows, ModelOutput, Recommender
 from mmrecun_ray.objectives.bpr import bpr_loss, pair_scores
 from mmrecun_ray.objectives.sampling import NegativeSampler
 
@@ -93,9 +93,11 @@ def retain_bpr(core: Recommender, out: ModelOutput, users: torch.Tensor, items: 
     """BPR of ``(B,)`` positive pairs against one sampled negative each, plus the model's
     auxiliary losses, and the L2 term. Returns ``(bpr + aux, l2)`` (scalars)."""
     neg = sampler.sample_torch(users)
-    ps, ns = pair_scores(out, users, items, neg)
-    fit = bpr_loss(ps, ns) + core.auxiliary_loss(out, users, items, neg)
-    reg = core.regularization(out, users, items, neg) if reg_weight else out.user.new_zeros(())
+    rows = BatchRows.gather(out, users, items, neg)  # gathered once for scores, aux and L2
+    ps, ns = rows.scores()
+    fit = bpr_loss(ps, ns) + core.auxiliary_loss(out, users, items, neg, rows=rows)
+    reg = (core.regularization(out, users, items, neg, rows=rows) if reg_weight
+           else out.user.new_zeros(()))
     return fit, reg
 
 
