@@ -3,17 +3,22 @@ batch size and objective, measured in one run.
 
     python bench/loop_overhead.py --data runs/data/lfm2k --model lightgcn --epochs 5
 
-Rows: plain PyTorch (in-process numpy batches, no Ray), Ray Train local mode (Ray Data
-stream, no worker processes), Ray Train with N DDP workers. Epoch time covers the
-optimisation steps only (``epoch_seconds`` reported by the loop), and separately the
-whole wall time including start-up and per-epoch validation.
+Rows: plain PyTorch (in-process numpy batches, no Ray, the same :class:`Fit` loss and
+negative sampler), Ray Train local mode (Ray Data stream, no worker processes), Ray Train
+with one worker holding every CPU, and with N DDP workers (``--cpus-per-worker`` each).
+Epoch time covers the optimisation steps only (``epoch_seconds`` reported by the loop;
+the first epoch dropped as warm-up), and separately the whole wall time including
+start-up and per-epoch validation. ``--models`` measures several models in one run and
+prints seconds per step against the graph's edge count (what ``--workers auto`` uses).
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -23,38 +28,33 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mmrecun_ray.data.dataset import load_dataset  # noqa: E402
-from mmrecun_ray.models import BatchRows  # noqa: E402
-from mmrecun_ray.objectives import bpr_loss  # noqa: E402
-from mmrecun_ray.training.loop import make_model  # noqa: E402
+from mmrecun_ray.objectives import Fit  # noqa: E402
+from mmrecun_ray.training.config import LoopConfig, LoopInputs  # noqa: E402
+from mmrecun_ray.training.loop import View, build_start, make_sampler  # noqa: E402
 from mmrecun_ray.training.runner import Scaling, ensure_ray, run_loop  # noqa: E402
-from mmrecun_ray.training.sampler import NegativeSampler  # noqa: E402
-from mmrecun_ray.training.train import loop_inputs, split_settings, train_datasets  # noqa: E402
+from mmrecun_ray.training.train import loop_inputs, recipe, train_datasets  # noqa: E402
 
 
-def plain_epochs(cfg, inputs, epochs: int) -> list[float]:
-    """The same optimisation in a bare PyTorch loop; returns seconds per epoch."""
-    torch.manual_seed(cfg.seed)
-    model = make_model(cfg, inputs, torch.device("cpu"))
+def plain_epochs(cfg: LoopConfig, fit: Fit, inputs: LoopInputs, epochs: int) -> list[float]:
+    """The same optimisation in a bare PyTorch loop; returns steps-only seconds per epoch."""
+    device = torch.device("cpu")
+    model, _ = build_start(cfg, fit, inputs, device)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.learning_rate)
-    u_all = inputs.graph_edges[0]
-    i_all = inputs.graph_edges[1]
-    sampler = NegativeSampler(inputs.known_keys, inputs.n_items, seed=cfg.seed)
-    rng = np.random.default_rng(cfg.seed)
+    view = View(inputs, cfg, 0, 1, device, make_sampler(inputs, cfg.seed * 1000))
+    u_all = torch.from_numpy(inputs.graph_edges[0])
+    i_all = torch.from_numpy(inputs.graph_edges[1])
+    gen = torch.Generator().manual_seed(cfg.seed)
     times = []
     for epoch in range(epochs):
         t = time.perf_counter()
-        perm = rng.permutation(u_all.size)
+        perm = torch.randperm(u_all.numel(), generator=gen)
         model.train()
         model.on_epoch_start(epoch, cfg.seed)
-        for s in range(0, perm.size, cfg.batch_size):
+        for s in range(0, perm.numel(), cfg.batch_size):
             idx = perm[s:s + cfg.batch_size]
-            u, i = torch.from_numpy(u_all[idx]), torch.from_numpy(i_all[idx])
-            j = sampler.sample_torch(u)
+            batch = {"user_id": u_all[idx], "item_id": i_all[idx]}
             out = model()
-            rows = BatchRows.gather(out, u, i, j)
-            loss = bpr_loss(*rows.scores()) + model.auxiliary_loss(out, u, i, j, rows=rows)
-            if cfg.reg_weight:
-                loss = loss + cfg.reg_weight * model.regularization(out, u, i, j, rows=rows)
+            loss = fit.loss(model, out, batch, view)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -62,28 +62,68 @@ def plain_epochs(cfg, inputs, epochs: int) -> list[float]:
     return times
 
 
-def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", required=True, help="dataset URI")
-    p.add_argument("--model", default="lightgcn", help="model name")
-    p.add_argument("--epochs", type=int, default=5, help="epochs per variant")
-    p.add_argument("--workers", type=int, default=2, help="DDP workers of the distributed variant")
-    args = p.parse_args()
-    logging.basicConfig(level=logging.WARNING)
-    ds = load_dataset(args.data)
-    cfg = split_settings(args.model, {"epochs": args.epochs, "patience": 10**6})
+def _steps_only(history: list[dict]) -> float:
+    ep = [h["epoch_seconds"] for h in history]
+    return float(np.median(ep[1:] if len(ep) > 1 else ep))
+
+
+def measure(data: str, model: str, epochs: int, variants: list[tuple[str, Scaling]]) -> list[tuple[str, float, float]]:
+    """``(variant, steps-only s/epoch median, wall s)`` rows, plain PyTorch first."""
+    ds = load_dataset(data)
+    cfg, fit = recipe(model, {"epochs": epochs, "patience": 10**6, "checkpoint_every": 10**6,
+                              "report_every": 10**6})
     inputs = loop_inputs(ds)
     rows = []
     t0 = time.perf_counter()
-    plain = plain_epochs(cfg, inputs, args.epochs)
-    rows.append(("plain PyTorch", float(np.median(plain)), time.perf_counter() - t0))
+    plain = plain_epochs(cfg, fit, inputs, epochs)
+    rows.append(("plain PyTorch", float(np.median(plain[1:] if len(plain) > 1 else plain)),
+                 time.perf_counter() - t0))
+    datasets = train_datasets(data)
+    for name, scaling in variants:
+        res = run_loop(cfg, fit, inputs, datasets, scaling, name="bench")
+        rows.append((name, _steps_only(res.history), res.wall_seconds))
+    return rows
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", required=True, help="dataset URI")
+    p.add_argument("--model", default="lightgcn", help="model name (default: lightgcn)")
+    p.add_argument("--models", default=None, help="comma-separated models: plain vs local mode "
+                   "only, with seconds per step (overrides --model)")
+    p.add_argument("--epochs", type=int, default=5, help="epochs per variant (default: 5)")
+    p.add_argument("--workers", type=int, default=2, help="DDP workers of the distributed variant (0: skip)")
+    p.add_argument("--cpus-per-worker", type=float, default=0.5, help="of the DDP variant (default: 0.5)")
+    args = p.parse_args()
+    logging.basicConfig(level=logging.WARNING)
     ensure_ray()
-    for name, workers in (("Ray Train local mode", 0), (f"Ray Train DDP x{args.workers}", args.workers)):
-        res = run_loop(cfg, inputs, train_datasets(args.data), Scaling(workers=workers), name="bench")
-        ep = [h["epoch_seconds"] for h in res.history]
-        rows.append((name, float(np.median(ep)), res.wall_seconds))
+    ds = load_dataset(args.data)
+    storage = tempfile.mkdtemp(prefix="loop-overhead-")
+    cpus = float(os.cpu_count() or 1)
+    if args.models:
+        print(f"\n{args.data}: {len(ds.train)} train pairs = graph edges, {args.epochs} epochs, "
+              f"load average {os.getloadavg()[0]:.1f}")
+        print("| model | batch | steps/epoch | plain s/step | local mode s/step | x plain |")
+        print("|---|---|---|---|---|---|")
+        for model in args.models.split(","):
+            cfg, _ = recipe(model, {})
+            steps = -(-len(ds.train) // cfg.batch_size)
+            rows = measure(args.data, model, args.epochs, [("local", Scaling(workers=0, storage_uri=storage))])
+            print(f"| {model} | {cfg.batch_size} | {steps} | {rows[0][1] / steps:.4f} | "
+                  f"{rows[1][1] / steps:.4f} | {rows[1][1] / rows[0][1]:.2f} |", flush=True)
+        return 0
+    variants = [("Ray Train local mode", Scaling(workers=0, storage_uri=storage)),
+                (f"Ray Train 1 worker ({cpus:g} CPUs)",
+                 Scaling(workers=1, cpus_per_worker=cpus, storage_uri=storage))]
+    if args.workers:
+        variants.append((f"Ray Train DDP x{args.workers} ({args.cpus_per_worker:g} CPUs each)",
+                         Scaling(workers=args.workers, cpus_per_worker=args.cpus_per_worker,
+                                 storage_uri=storage)))
+    load0 = os.getloadavg()[0]
+    rows = measure(args.data, args.model, args.epochs, variants)
     base = rows[0][1]
-    print(f"\n{args.model} on {args.data} ({len(ds.train)} train pairs, batch {cfg.batch_size}), {args.epochs} epochs")
+    print(f"\n{args.model} on {args.data} ({len(ds.train)} train pairs), {args.epochs} epochs, "
+          f"load average {load0:.1f} -> {os.getloadavg()[0]:.1f}")
     print("| variant | s/epoch (median, steps only) | x plain | wall s (start-up + eval incl.) |")
     print("|---|---|---|---|")
     for name, sec, wall in rows:

@@ -1,7 +1,10 @@
 """Command line: ``python -m mmrecun_ray <command> --help``.
 
 Every command that produces results writes ``metrics.json`` into ``--out``. Bad input
-exits with code 2 and one line naming the file, column or id at fault.
+exits with code 2 and one line naming the file, column or id at fault. The console is
+quiet: a live progress display per training/unlearning run and a summary line when it
+ends; Ray's, Ray Data's and Ray Train's logs and the project's own go to
+``<out>/logs/`` (``--verbose`` shows them; see :mod:`mmrecun_ray.console`).
 """
 
 from __future__ import annotations
@@ -12,7 +15,8 @@ import logging
 import sys
 from typing import Any, Callable, Sequence
 
-from mmrecun_ray.cliargs import add_s3, add_scaling, scaling
+from mmrecun_ray import console
+from mmrecun_ray.cliargs import WORKERS_HELP, add_s3, add_scaling, choices, scaling, workers_value
 from mmrecun_ray.config import parse_sets
 from mmrecun_ray.errors import MMRecUNError
 
@@ -115,7 +119,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m mmrecun_ray",
         description="Train multi-modal recommenders on Ray and make them forget (MMRecUN).")
-    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    p.add_argument("-v", "--verbose", action="store_true",
+                   help="show Ray's, Ray Data's and Ray Train's logs (every worker's output) and "
+                        "the project's info and debug records on the console; default: a quiet "
+                        "console (progress display, summary lines, warnings) with those logs in "
+                        "<out>/logs/ (mmrecun.log, ray.log, ray-session -> the Ray session's logs)")
     p.add_argument("--debug", action="store_true",
                    help="on failure, show the full traceback (default: one line and exit code 2)")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -166,7 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
     pd = sub.add_parser("demo", help="run the main job on an embedded default (synthetic data, "
                                      "local folder, local Ray) and print a summary")
     pd.add_argument("--out", default="runs/demo", help="output folder (default: runs/demo)")
-    pd.add_argument("--workers", type=int, default=2, help="Ray Train workers (default: 2)")
+    pd.add_argument("--workers", type=workers_value, default="auto", metavar="N|auto", help=WORKERS_HELP)
     pd.set_defaults(func=cmd_demo)
 
     import importlib
@@ -181,23 +189,50 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+#: commands whose --out is not a folder of results (a dataset version): logs stay aside
+_NO_LOG_OUT = {"prepare"}
+
+
+def record_choices(out: str | None) -> None:
+    """Add the ``--workers auto`` choice to the command's ``<out>/metrics.json``
+    (``workers_auto``), when both exist."""
+    made = choices()
+    if not made or not out:
+        return
+    from mmrecun_ray.storage import exists, join, read_json, write_json_atomic
+    uri = join(out, "metrics.json")
+    if exists(uri):
+        payload = read_json(uri)
+        if isinstance(payload, dict):
+            payload["workers_auto"] = made[-1] if len(made) == 1 else made
+            write_json_atomic(uri, payload)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    console.configure(verbose=args.verbose)
+    out = None if args.command in _NO_LOG_OUT else getattr(args, "out", None)
+    rc = 2
     try:
         _configure_storage(args)
-        return int(args.func(args) or 0)
+        rc = int(args.func(args) or 0)
+        record_choices(out)
+        return rc
     except KeyboardInterrupt:
+        rc = 130
         print("interrupted", file=sys.stderr)
-        return 130
+        return rc
     except Exception as e:  # noqa: BLE001 - every failure is one line and exit 2
         if args.debug:
             raise
         logger.debug("failure", exc_info=True)
         print(f"error: {one_line(e)}", file=sys.stderr)
         return 2
+    finally:
+        where = console.finish(out)
+        if rc != 0 and where is not None:
+            print(f"logs: {where}", file=sys.stderr)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -285,9 +285,12 @@ def train_loop(config: dict[str, Any]) -> dict[str, Any]:
     """Ray Train worker function.
 
     ``config``: ``{"loop": LoopConfig.to_dict(), "objective": Objective,
-    "inputs": ObjectRef[LoopInputs] | LoopInputs}``. Datasets: the objective's
-    ``streams`` (``"train"`` and, for forgetting objectives, ``"forget"``), columns
-    ``user_id``, ``item_id`` (and ``ref_item``).
+    "inputs": ObjectRef[LoopInputs] | LoopInputs}`` and optionally ``"datasets"``
+    (stream -> Ray Train dataset name, default the stream's own), ``"job"`` (a tag: a
+    checkpoint with another tag is not this run's to resume) and ``"progress"`` (rank 0
+    calls it with each evaluation's metrics; :mod:`mmrecun_ray.console`). Datasets: the
+    objective's ``streams`` (``"train"`` and, for forgetting objectives, ``"forget"``),
+    columns ``user_id``, ``item_id`` (and ``ref_item``).
 
     Returns (rank 0's value reaches the driver): the kept state (numpy) and its metrics,
     epochs and steps run (totals over restarts), the history of evaluations and the final
@@ -304,17 +307,22 @@ def train_loop(config: dict[str, Any]) -> dict[str, Any]:
     model = ray.train.torch.prepare_model(
         model, parallel_strategy_kwargs={"find_unused_parameters": getattr(model, "find_unused_parameters", False)})
     opt = make_optimizer(model, cfg, objective, inputs, reset)
+    names = config.get("datasets") or {}
     view = View(inputs, cfg, rank, world, device, make_sampler(inputs, cfg.seed * 1000 + rank),
-                shards={name: ray.train.get_dataset_shard(name) for name in objective.streams})
+                shards={name: ray.train.get_dataset_shard(names.get(name, name)) for name in objective.streams})
+    progress = config.get("progress") if rank == 0 else None
     run: dict[str, Any] = {"epoch": -1, "steps": 0, "train_seconds": 0.0, "history": [],
                            "objective_state": {}, "start_metrics": {}, "resumed_from_epoch": None,
                            "best": {"score": None, "epoch": -1, "metrics": {}, "state": None},
-                           "manifest_hash": inputs.manifest_hash}
+                           "manifest_hash": inputs.manifest_hash, "job": config.get("job")}
     done = False
-    resumed = ray.train.get_checkpoint()
+    resumed, ck = ray.train.get_checkpoint(), None
     if resumed is not None:
         with resumed.as_directory() as d:
             ck = load_checkpoint(Path(d) / CHECKPOINT_FILE, device)
+        if ck.get("job") != run["job"]:  # another job's of the same Ray Train run
+            ck = None
+    if ck is not None:
         _core(model).load_state_dict(ck["model_state"], strict=False)
         opt.load_state_dict(ck["optimizer_state"])
         objective.load_state_dict(ck["objective_state"])
@@ -333,6 +341,8 @@ def train_loop(config: dict[str, Any]) -> dict[str, Any]:
                            "metrics": dict(run["start_metrics"]),
                            "state": _state_numpy(model) if rank == 0 else None}
         done = verdict0.stop
+        if progress is not None:
+            progress({**run["start_metrics"], "epoch": -1, "epochs": cfg.epochs})
 
     t0, last_log = time.perf_counter(), 0.0
     seconds_before = float(run["train_seconds"])
@@ -382,6 +392,8 @@ def train_loop(config: dict[str, Any]) -> dict[str, Any]:
         run["objective_state"] = objective.state_dict()
         run["train_seconds"] = seconds_before + time.perf_counter() - t0
         stop = verdict.stop or budget_done or last_epoch
+        if progress is not None:
+            progress({**metrics, "epochs": cfg.epochs})
 
         if rank == 0 and (time.perf_counter() - last_log >= cfg.log_every_s or stop):
             per = (time.perf_counter() - t0) / max(epoch - int(run["resumed_from_epoch"] or -1), 1)
