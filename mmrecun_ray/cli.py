@@ -218,22 +218,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         _configure_storage(args)
         rc = int(args.func(args) or 0)
         record_choices(out)
+        console.finish(out)
         return rc
     except KeyboardInterrupt:
-        rc = 130
-        print("interrupted", file=sys.stderr)
-        return rc
+        where = console.finish(None)  # a failed command leaves --out as it found it
+        print(f"interrupted (logs: {where})" if where else "interrupted", file=sys.stderr)
+        return 130
     except Exception as e:  # noqa: BLE001 - every failure is one line and exit 2
+        where = console.finish(None)
         if args.debug:
             raise
         logger.debug("failure", exc_info=True)
-        print(f"error: {one_line(e)}", file=sys.stderr)
+        print(f"error: {one_line(e)}" + (f" (logs: {where})" if where else ""), file=sys.stderr)
         return 2
-    finally:
-        where = console.finish(out)
-        if rc != 0 and where is not None:
-            print(f"logs: {where}", file=sys.stderr)
-
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

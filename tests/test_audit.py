@@ -256,7 +256,7 @@ def fit_mf(train: Interactions, n_users: int, n_items: int, seed: int = 1,
            epochs: int = 40) -> tuple[torch.Tensor, torch.Tensor]:
     """A small BPR-MF fit (plain torch, minibatches of 512, Adam 0.01)."""
     torch.manual_seed(seed)
-    model = MF(n_users, n_items, params={"embedding_dim": 32})
+    model = MF(n_users, n_items, embedding_dim=32)
     opt = torch.optim.Adam(model.parameters(), lr=0.01)
     u, i = torch.from_numpy(train.user), torch.from_numpy(train.item)
     gen = torch.Generator().manual_seed(seed)

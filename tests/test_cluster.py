@@ -242,7 +242,7 @@ def test_aws_config_shape(aws):
 def test_kuberay_manifests_parse_with_expected_kinds():
     docs = kuberay_docs()
     kinds = sorted(d["kind"] for _, d in docs)
-    assert kinds == ["RayCluster", "RayJob", "RayJob"], kinds
+    assert kinds == ["RayCluster", "RayCronJob", "RayJob", "RayJob"], kinds
     for path, d in docs:
         assert d["apiVersion"] == "ray.io/v1", path.name
         assert re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", d["metadata"]["name"]), path.name

@@ -143,7 +143,8 @@ def test_workers_flag_takes_auto_or_a_count(capsys) -> None:
     assert p.parse_args([]).workers == "auto"
     assert p.parse_args(["--workers", "AUTO"]).workers == "auto"
     assert p.parse_args(["--workers", "3"]).workers == 3
-    for bad in ("-1", "two"):
+    assert p.parse_args(["--workers", "-1"]).workers == -1  # refused by scaling(), one line
+    for bad in ("two", "1.5"):
         with pytest.raises(SystemExit) as e:
             p.parse_args(["--workers", bad])
         assert e.value.code == 2 and bad in capsys.readouterr().err

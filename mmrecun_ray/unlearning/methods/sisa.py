@@ -90,7 +90,7 @@ class Sisa(Method):
         state = {f"shards.{k}.{name}": v for k, st in states.items() for name, v in st.items()}
         params = {**job.info.params, "base_model": job.info.model, "shards": K, "seed": seed}
         feats = {m: torch.from_numpy(np.ascontiguousarray(f)).float() for m, f in r.features.items()}
-        ens = SISA(r.n_users, r.n_items, feats, params)
+        ens = SISA.from_params(r.n_users, r.n_items, feats, params)
         ens.load_state_dict({k: torch.as_tensor(np.asarray(v)) for k, v in state.items()}, strict=False)
         ens.set_graph(torch.from_numpy(np.stack([r.train.user, r.train.item]).astype(np.int64)))
         with torch.no_grad():
