@@ -88,20 +88,18 @@ def test_retain_curvature_is_the_hessian_of_the_sampled_retain_loss_per_row() ->
             total = total + torch.nn.functional.softplus(ei[j] @ eu[u] - ei[k] @ eu[u]).mean()
         return total
 
+    def row_hessian(side: int, row: int) -> torch.Tensor:
+        """Autograd Hessian of the loss w.r.t. one row of ``fu`` (side 0) or ``fi`` (side 1)."""
+        def of_row(x: torch.Tensor) -> torch.Tensor:
+            tables = [fu.clone(), fi.clone()]
+            tables[side][row] = x
+            return loss(*tables)
+        return torch.autograd.functional.hessian(of_row, (fu, fi)[side][row].clone())
+
     for r, i in enumerate(item_rows):
-        def of_item(x: torch.Tensor, i: int = int(i)) -> torch.Tensor:
-            ei = fi.clone()
-            ei[i] = x
-            return loss(fu, ei)
-        torch.testing.assert_close(h_i[r], torch.autograd.functional.hessian(of_item, fi[i].clone()),
-                                   rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(h_i[r], row_hessian(1, int(i)), rtol=1e-4, atol=1e-5)
     for r, u in enumerate(user_rows):
-        def of_user(x: torch.Tensor, u: int = int(u)) -> torch.Tensor:
-            eu = fu.clone()
-            eu[u] = x
-            return loss(eu, fi)
-        torch.testing.assert_close(h_u[r], torch.autograd.functional.hessian(of_user, fu[u].clone()),
-                                   rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(h_u[r], row_hessian(0, int(u)), rtol=1e-4, atol=1e-5)
 
 
 def test_grouped_auc_counts_within_group_wins_with_half_ties() -> None:
