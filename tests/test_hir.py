@@ -35,9 +35,9 @@ def test_newton_step_of_a_quadratic_lands_on_the_retain_only_optimum() -> None:
     reaches the optimum of ``L_r`` alone exactly; damping shrinks it towards zero."""
     gen = torch.Generator().manual_seed(0)
     d = 5
-    qa, qb = torch.randn(d, d, generator=gen, dtype=torch.float64), torch.randn(d, d, generator=gen, dtype=torch.float64)
+    qa, qb, a, b = (torch.randn(*shape, generator=gen, dtype=torch.float64)
+                    for shape in ((d, d), (d, d), (d,), (d,)))
     a_mat, b_mat = qa @ qa.T + 0.5 * torch.eye(d, dtype=torch.float64), qb @ qb.T
-    a, b = torch.randn(d, generator=gen, dtype=torch.float64), torch.randn(d, generator=gen, dtype=torch.float64)
     both = torch.linalg.solve(a_mat + b_mat, a_mat @ a + b_mat @ b)       # argmin L_r + L_f
     g_f = b_mat @ (both - b)                                               # grad L_f there
     step = DampedRows(a_mat[None], g_f[None])
@@ -309,3 +309,11 @@ def test_lfm2k_users_request_foldin_is_closer_to_a_retrained_model_than_redraw(t
     h, r = foldin(_finals(job, hir.state)[1]), foldin(_finals(job, redraw.state)[1])
     assert abs(h - g) < abs(r - g) - 0.005, (g, h, r)
     assert abs(hir.extra["hir"]["stat_after"] - 0.5) < 0.01
+
+
+def test_the_influence_core_imports_no_ray() -> None:
+    import subprocess
+    import sys
+    code = "import sys, mmrecun_ray.unlearning.influence; sys.exit('ray' in sys.modules)"
+    root = Path(__file__).resolve().parents[1]
+    assert subprocess.run([sys.executable, "-c", code], cwd=root).returncode == 0

@@ -399,7 +399,9 @@ def _halvings(train: dict[int, np.ndarray], held: dict[int, np.ndarray], splits:
     keys = [k for k, t in train.items() if t.size >= 2 and held.get(k, np.zeros(0)).size]
 
     def cat(xs: list[np.ndarray]) -> torch.Tensor:
-        return torch.from_numpy(np.concatenate(xs).astype(np.int64)) if xs else torch.zeros(0, dtype=torch.long)
+        if not xs:
+            return torch.zeros(0, dtype=torch.long)
+        return torch.from_numpy(np.concatenate(xs).astype(np.int64))
     out = []
     for _ in range(splits):
         parts = []
@@ -407,10 +409,12 @@ def _halvings(train: dict[int, np.ndarray], held: dict[int, np.ndarray], splits:
             perm = rng.permutation(train[key])
             parts.append((key, perm[:perm.size // 2], perm[perm.size // 2:]))
         out.append(_Halving(
-            len(parts), cat([np.full(a.size, k) for k, (_, a, _) in enumerate(parts)]),
-            cat([a for _, a, _ in parts]), cat([np.full(b.size, k) for k, (_, _, b) in enumerate(parts)]),
-            cat([b for _, _, b in parts]), cat([np.full(held[key].size, k) for k, (key, _, _) in enumerate(parts)]),
-            cat([held[key] for key, _, _ in parts])))
+            n=len(parts), ua=cat([np.full(a.size, k) for k, (_, a, _) in enumerate(parts)]),
+            a=cat([a for _, a, _ in parts]),
+            ub=cat([np.full(b.size, k) for k, (_, _, b) in enumerate(parts)]),
+            b=cat([b for _, _, b in parts]),
+            uh=cat([np.full(held[key].size, k) for k, (key, _, _) in enumerate(parts)]),
+            h=cat([held[key] for key, _, _ in parts])))
     return out
 
 
@@ -456,7 +460,7 @@ class Calibrator:
             self.halves = _halvings(train, held, splits, seed)
             self.n_units = self.halves[0].n if self.halves else 0
         else:
-            self.n_units = int(np.unique(hu).size)
+            self.n_units = int(np.intersect1d(fu, hu).size)
         self._items_cache: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor] | None = None
 
     def __call__(self, f_u: torch.Tensor, f_i: torch.Tensor) -> tuple[float, float]:

@@ -46,7 +46,7 @@ import torch
 
 from mmrecun_ray.errors import ConfigError
 from mmrecun_ray.objectives import RefitRows
-from mmrecun_ray.training.export import build_from_state
+from mmrecun_ray.training.export import ModelInfo, build_from_state
 from mmrecun_ray.unlearning.influence import (calibrate, final_embeddings, is_linear_map,
                                               make_calibrator, row_correction, solve_ego)
 from mmrecun_ray.unlearning.methods.base import (Job, Method, MethodResult, method_info, register,
@@ -102,26 +102,27 @@ class HIRSettings:
         return [float(k) for k in np.geomspace(self.kappa_min, self.kappa_max, self.kappa_points)]
 
 
-def check_model(name: str) -> None:
-    """Raise a one-line ConfigError for a model HIR cannot unlearn from."""
-    if name not in SUPPORTED_MODELS:
-        raise ConfigError(f"hir: model {name!r} is not supported (its final embeddings are not a "
-                          f"linear map of its ID tables); supported: {', '.join(SUPPORTED_MODELS)}; "
-                          "use --method mmrecun or redraw")
-
-
 @register
 class HIR(Method):
     """Held-out-calibrated influence removal (see the module docstring)."""
 
     name = "hir"
     Settings = HIRSettings
-    summary = "re-draw rows only D_f trained; remove D_f's influence on the rest, damping calibrated on held-out pairs"
+    summary = ("re-draw rows only D_f trained; remove D_f's influence on the rest, damping "
+               "calibrated on held-out pairs")
+
+    def check(self, info: ModelInfo) -> None:
+        """One-line ConfigError for a model HIR cannot unlearn from, or a bad damping grid."""
+        if info.model not in SUPPORTED_MODELS:
+            raise ConfigError(f"hir: model {info.model!r} is not supported (its final embeddings are "
+                              f"not a linear map of its ID tables); supported: "
+                              f"{', '.join(SUPPORTED_MODELS)}; use --method mmrecun or redraw")
+        self.settings.kappas()
 
     def run(self, job: Job) -> MethodResult:
         t0 = time.perf_counter()
         s: HIRSettings = self.settings
-        check_model(job.info.model)
+        self.check(job.info)
         kappas = s.kappas()
         fset = job.fset
         base_cfg, fit = job.recipe()
