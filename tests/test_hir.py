@@ -4,6 +4,7 @@ against a retrained model (skipped when ../shared/data is absent)."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -317,3 +318,23 @@ def test_the_influence_core_imports_no_ray() -> None:
     code = "import sys, mmrecun_ray.unlearning.influence; sys.exit('ray' in sys.modules)"
     root = Path(__file__).resolve().parents[1]
     assert subprocess.run([sys.executable, "-c", code], cwd=root).returncode == 0
+
+
+def test_unlearn_defaults_to_hir_and_refuses_an_unsupported_model_before_any_side_effect(
+        tiny, lightgcn, tmp_path, capsys) -> None:
+    """``unlearn`` without ``--method`` runs hir; a model hir cannot handle is refused with
+    one line (exit 2) before the request is accepted or anything is written."""
+    from mmrecun_ray.cli import main
+    from mmrecun_ray.storage import ledger
+    from mmrecun_ray.training.export import export_model
+    info = replace(_job(tiny, lightgcn, "lightgcn", "users:10%").info, model="mgcn")
+    model_dir = export_model(str(tmp_path / "model"), info,
+                             {k: v.detach().numpy() for k, v in lightgcn.state_dict().items()})
+    before = ledger.read_entries(str(Path(tiny.uri) / "ledger"))
+    out = tmp_path / "forget"
+    rc = main(["unlearn", "--model-uri", model_dir, "--data", tiny.uri, "--request", "users:10%",
+               "--out", str(out), "--workers", "0"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and not out.exists()
+    assert err[-1].startswith("error: hir: model 'mgcn' is not supported"), err[-1:]
+    assert ledger.read_entries(str(Path(tiny.uri) / "ledger")) == before
