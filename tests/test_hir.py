@@ -338,3 +338,11 @@ def test_unlearn_defaults_to_hir_and_refuses_an_unsupported_model_before_any_sid
     assert rc == 2 and not out.exists()
     assert err[-1].startswith("error: hir: model 'mgcn' is not supported"), err[-1:]
     assert ledger.read_entries(str(Path(tiny.uri) / "ledger")) == before
+
+
+def test_modality_request_is_the_retain_graph_model_without_correction(tiny, lightgcn) -> None:
+    job = _job(tiny, lightgcn, "lightgcn", "modality:image")
+    res = HIR().run(job)
+    assert "skipped" in res.extra["hir"] and res.extra["reset_users"] == 0
+    for k, v in job.state.items():
+        np.testing.assert_array_equal(res.state[k], v)

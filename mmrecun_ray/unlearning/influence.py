@@ -605,7 +605,7 @@ def calibrate(correction: RowCorrection, f_u: torch.Tensor, f_i: torch.Tensor,
 
 
 # -- realisation in the ID tables ---------------------------------------------------------------
-Vec = tuple[torch.Tensor, torch.Tensor]
+Vec = Pair  # a vector of the two tables (user part, item part)
 
 
 def _dot(a: Vec, b: Vec) -> float:

@@ -29,7 +29,8 @@ item-item graph; its modality projections and 1e-4 modality losses are left as t
 ``vbpr`` (half of an item's final embedding comes from its features, not its ID row),
 ``mgcn`` (gated, non-linear map) and ``sisa`` ensembles are refused with a ConfigError.
 Modality requests forget no training pair: the result is the retain-graph model with the
-features dropped, no correction. Stated approximations: per-row (block-diagonal)
+features dropped, no correction. An inbox batch of mixed kinds reads as ``interactions``
+(users re-drawn where they have no retain pair left, every other D_f row corrected). Stated approximations: per-row (block-diagonal)
 curvature; user and item rows corrected together (the calibrated damping absorbs the
 double count on ``interactions``).
 """
