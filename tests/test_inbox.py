@@ -29,7 +29,8 @@ from mmrecun_ray.unlearning.policy import Policy, judge, load_policy
 from mmrecun_ray.unlearning.requests import parse_request, resolve_request
 
 ROOT = Path(__file__).resolve().parents[1]
-FAST = ["--workers", "0", "--set", "max_steps=4", "--set", "forget_target=null"]
+# the method these tests were written for (the product default is hir, which has no step budget)
+FAST = ["--workers", "0", "--method", "mmrecun", "--set", "max_steps=4", "--set", "forget_target=null"]
 
 
 @pytest.fixture(scope="module")

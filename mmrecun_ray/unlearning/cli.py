@@ -9,8 +9,8 @@ from mmrecun_ray.cliargs import scaling, settings_from_args
 from mmrecun_ray.errors import ConfigError
 from mmrecun_ray.unlearning.methods import METHODS
 
-DEFAULT_METHOD = "mmrecun"
-COMPARE_DEFAULT = "original,retain-graph,mmrecun,redraw,finetune,neggrad,sisa,gold"
+DEFAULT_METHOD = "hir"
+COMPARE_DEFAULT = "hir,original,retain-graph,mmrecun,redraw,finetune,neggrad,sisa,gold"
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -25,7 +25,9 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed for sampled requests (default: 0)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="a method setting, coerced to its type (true/false, numbers, null); unknown "
-                        "keys are refused. mmrecun/neggrad: alpha, beta, batch_size, forget_ratio, "
+                        "keys are refused. hir: neg_per_user, kappa_min, kappa_max, kappa_points, damping "
+                        "(global|row|sqrt), splits, foldin_ridge, target, tolerance_se, fixed_kappa, "
+                        "cg_iters, cg_tol, seed; mmrecun/neggrad: alpha, beta, batch_size, forget_ratio, "
                         "lr_scale, learning_rate, max_steps, epochs, eval_steps, forget_target "
                         "(auto|number|null), seed; finetune: lr_scale, learning_rate, max_steps, "
                         "epochs, eval_steps, seed; redraw: refit_steps, refit_batch, refit_alpha, "

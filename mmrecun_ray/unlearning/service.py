@@ -153,6 +153,8 @@ def run_methods(model_uri: str, data_uri: str, spec: str, methods: list[str], ou
     # -- 0. validate everything, no side effect ------------------------------------------------
     built = build_methods(names, sets)
     info: ModelInfo = read_model_info(model_uri)
+    for method in built:
+        method.check(info)
     state = {k: v.numpy() for k, v in read_state(model_uri).items()}
     optimizer = read_optimizer(model_uri)
     p = lifecycle.plan(data_uri, spec, seed, out_uri, info=info, model_uri=model_uri,

@@ -5,6 +5,8 @@ method          role       what it does
 ==============  =========  ==================================================================
 original        reference  the trained model, untouched (original graph)
 retain-graph    reference  trained weights over the retain graph, no update
+hir             method     default: re-draw rows only D_f trained; influence removal on the
+                           rest, damping calibrated on held-out pairs (mf, lightgcn, freedom)
 mmrecun         method     MMRecUN as published (reverse BPR on D_f + BPR on D_r)
 redraw          method     re-draw rows only D_f trained; refit users who keep data
 finetune        method     BPR on D_r from the trained model
@@ -14,15 +16,15 @@ gold            gold       retrain from scratch on D_r (the reference)
 ==============  =========  ==================================================================
 
 Every method runs the one loop (:mod:`mmrecun_ray.training.loop`) with an objective object,
-or no loop at all; the propagation graph is always the retain graph (forgotten edges gone
-before the first step), items that left the catalogue are masked everywhere, and modality
+or no loop at all (``hir``: a closed-form correction, :mod:`mmrecun_ray.unlearning.influence`);
+the propagation graph is always the retain graph (forgotten edges gone before the first step), items that left the catalogue are masked everywhere, and modality
 features the request drops are removed before the model is rebuilt.
 """
 
 from mmrecun_ray.unlearning.methods.base import (METHODS, Job, Method, MethodResult, build_methods,
                                                  method_class, setting_names)
-from mmrecun_ray.unlearning.methods import (finetune, gold, mmrecun, redraw, reference,  # noqa: F401
-                                            sisa)
+from mmrecun_ray.unlearning.methods import (finetune, gold, hir, mmrecun, redraw,  # noqa: F401
+                                            reference, sisa)
 
 __all__ = ["METHODS", "Job", "Method", "MethodResult", "build_methods", "method_class",
            "setting_names"]

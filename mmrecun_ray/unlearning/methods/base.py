@@ -106,6 +106,10 @@ class Method:
     def __init__(self, settings: Any = None) -> None:
         self.settings = settings if settings is not None else self.Settings()
 
+    def check(self, info: ModelInfo) -> None:
+        """Raise a ConfigError when this method cannot unlearn from the model ``info``
+        describes (called before a run has any side effect). Default: every model."""
+
     def run(self, job: Job) -> MethodResult:  # pragma: no cover - abstract
         raise NotImplementedError
 

@@ -27,7 +27,8 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from mmrecun_ray.objectives import RefitRows
+from mmrecun_ray.objectives import Objective, RefitRows
+from mmrecun_ray.training.config import LoopConfig, LoopInputs
 from mmrecun_ray.training.loop import start_on_driver
 from mmrecun_ray.training.runner import LoopResult, run_loop
 from mmrecun_ray.unlearning.methods.base import (Job, Method, MethodResult, method_info, pairs_dataset,
@@ -35,6 +36,22 @@ from mmrecun_ray.unlearning.methods.base import (Job, Method, MethodResult, meth
 from mmrecun_ray.unlearning.references import exclusive_ids, matched_references
 
 logger = logging.getLogger(__name__)
+
+
+def redraw_inputs(job: Job) -> LoopInputs:
+    """The loop's inputs over the retain graph from the trained state and Adam moments, with
+    the rows only D_f trained (:func:`exclusive_ids`) marked for a re-draw."""
+    inputs = retain_inputs(job, job.state, job.optimizer)
+    inputs.reset_users, inputs.reset_items = exclusive_ids(job.fset)
+    return inputs
+
+
+def redrawn_start(cfg: LoopConfig, objective: Objective, inputs: LoopInputs,
+                  t0: float) -> LoopResult:
+    """The zero-step run (no Ray): the starting model of ``inputs`` with its reset rows
+    re-drawn (seed ``cfg.seed``) and their Adam moments cleared; ``t0`` the run's start."""
+    ret = start_on_driver(cfg, objective, inputs, evaluate=False)
+    return LoopResult.of(ret, ret["state"], time.perf_counter() - t0)
 
 
 @dataclass
@@ -69,8 +86,7 @@ class Redraw(Method):
         s: RedrawSettings = self.settings
         fset = job.fset
         base_cfg, fit = job.recipe()
-        inputs = retain_inputs(job, job.state, job.optimizer)
-        inputs.reset_users, inputs.reset_items = exclusive_ids(fset)
+        inputs = redraw_inputs(job)
         refs = matched_references(fset, seed=s.seed)
         rest = ~(np.isin(inputs.forget_user, inputs.reset_users)
                  | np.isin(inputs.forget_item, inputs.reset_items))
@@ -84,8 +100,7 @@ class Redraw(Method):
                     "who keeps data", inputs.reset_users.size, inputs.reset_items.size,
                     int(rest.sum()), rest.size)
         if not rest.any() or s.refit_steps <= 0:
-            ret = start_on_driver(cfg, objective, inputs, evaluate=False)
-            res = LoopResult.of(ret, ret["state"], time.perf_counter() - t0)
+            res = redrawn_start(cfg, objective, inputs, t0)
         else:
             users = np.unique(inputs.forget_user)
             inputs.reset_users = np.union1d(inputs.reset_users, users)

@@ -1,0 +1,711 @@
+"""The numeric core of HIR (:mod:`mmrecun_ray.unlearning.methods.hir`): influence of the
+forget set D_f on the final embeddings, its damping calibrated on held-out pairs, and its
+realisation back in the ID tables. Plain torch and numpy; no Ray.
+
+Notation: ``F_u`` ``(n_users, d)``, ``F_i`` ``(n_items, d)`` the final embeddings,
+``s(u, i) = F_u . F_i`` (every model's score, :mod:`mmrecun_ray.models.base`); ``E`` the ID
+tables; ``M`` the model's map ``E -> F`` over its installed graph (linear for MF, LightGCN
+and FREEDOM in eval mode).
+
+1. :func:`forget_gradient`: ``g_r``, the gradient w.r.t. final row ``r`` of the D_f part of
+   the BPR loss, expected exactly over the uniform negatives the training sampler draws.
+2. :func:`retain_curvature`: ``H_r`` ``(d, d)``, the Gauss-Newton curvature of the retain
+   BPR loss w.r.t. row ``r`` with the other side fixed (exact for a bilinear score).
+3. :class:`DampedRows`: ``dF_r = (H_r + lam_r I)^-1 g_r`` for any damping, from one batched
+   eigendecomposition. At a stationary point of ``L_r + L_f`` the retain-only optimum is one
+   Newton step of ``L_r`` away: ``-H_r^-1 grad L_r = +H_r^-1 grad L_f``.
+4. :class:`Calibrator` / :func:`choose_damping`: the damping scale ``kappa``
+   (``lam_r = kappa * c_r``) that makes D_f exchangeable with held-out pairs of the same
+   users / items (an attacker's statistic that is 1/2 for a model that never saw D_f).
+5. :func:`solve_ego`: ``dE`` with ``M dE = dF`` (CG when ``M`` is symmetric, BiCGSTAB
+   otherwise, CG on the normal equations as the fallback).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+from torch.func import functional_call
+
+from mmrecun_ray.data.schema import RecDataset
+from mmrecun_ray.models.base import Recommender
+from mmrecun_ray.objectives.sampling import NegativeSampler
+
+logger = logging.getLogger(__name__)
+
+Pair = tuple[torch.Tensor, torch.Tensor]
+
+
+# -- model plumbing -----------------------------------------------------------------------------
+def finals_of(model: Recommender, eu: torch.Tensor, ei: torch.Tensor) -> Pair:
+    """Final ``(n_users, d)``, ``(n_items, d)`` embeddings of ``model`` (its installed graph)
+    with ID tables ``eu`` ``(n_users, d_u)`` and ``ei`` ``(n_items, d_i)`` in place of its own."""
+    out = functional_call(model, {"user_embedding.weight": eu, "item_embedding.weight": ei}, ())
+    return out.user, out.item
+
+
+@torch.no_grad()
+def final_embeddings(model: Recommender) -> Pair:
+    """The model's final embeddings in eval mode, float64: ``(n_users, d)``, ``(n_items, d)``."""
+    model.eval()
+    out = model()
+    return out.user.detach().double(), out.item.detach().double()
+
+
+@torch.no_grad()
+def is_linear_map(model: Recommender, seed: int = 1, rtol: float = 1e-4) -> bool:
+    """Whether ``E -> F`` is linear (``M(a x + b y) = a M x + b M y`` and ``M 0 = 0``),
+    probed with random ID tables in eval mode: true for MF, LightGCN, FREEDOM; false for an
+    affine or non-linear map (VBPR's feature half, MGCN's gates)."""
+    model.eval()
+    gen = torch.Generator().manual_seed(seed)
+    wu, wi = model.user_embedding.weight, model.item_embedding.weight
+    xu, xi, yu, yi = (torch.randn(w.shape, generator=gen, dtype=w.dtype) for w in (wu, wi, wu, wi))
+    fx, fy = finals_of(model, xu, xi), finals_of(model, yu, yi)
+    fz = finals_of(model, 2.0 * xu - 3.0 * yu, 2.0 * xi - 3.0 * yi)
+    f0 = finals_of(model, torch.zeros_like(xu), torch.zeros_like(xi))
+    scale = float(sum(a.norm() for a in (*fx, *fy))) + 1e-12
+    err = sum(float((c - (2.0 * a - 3.0 * b)).norm()) for a, b, c in zip(fx, fy, fz))
+    err += sum(float(z.norm()) for z in f0)
+    return err <= rtol * scale
+
+
+# -- per-user item sets -------------------------------------------------------------------------
+class KnownItems:
+    """Each user's known items (CSR over keys ``u * n_items + i``) and the negatives they allow.
+
+    Args:
+        users, items: ``(E,)`` int64 known pairs (duplicates allowed).
+        n_users, n_items: table sizes.
+        allowed: ``(n_items,)`` bool, False for items negatives are never drawn from (items
+            that left the catalogue); default all.
+    """
+
+    def __init__(self, users: np.ndarray, items: np.ndarray, n_users: int, n_items: int,
+                 allowed: np.ndarray | None = None) -> None:
+        self.keys = np.unique(np.asarray(users, np.int64) * n_items + np.asarray(items, np.int64))
+        self.items = (self.keys % n_items).astype(np.int64)
+        self.indptr = np.zeros(n_users + 1, dtype=np.int64)
+        np.cumsum(np.bincount(self.keys // n_items, minlength=n_users), out=self.indptr[1:])
+        self.n_items = int(n_items)
+        self.allowed = (torch.ones(n_items, dtype=torch.bool) if allowed is None
+                        else torch.from_numpy(np.asarray(allowed, dtype=bool)))
+
+    def of(self, u: int) -> np.ndarray:
+        """``(k,)`` known items of user ``u``."""
+        return self.items[self.indptr[u]:self.indptr[u + 1]]
+
+    def sample(self, users: np.ndarray, m: int, seed: int) -> torch.Tensor:
+        """``(U, m)`` int64 negatives per user, uniform over the allowed items the user does
+        not know (the training sampler, :class:`NegativeSampler`, fixed seed)."""
+        users = np.asarray(users, dtype=np.int64)
+        allowed = np.flatnonzero(self.allowed.numpy())
+        sampler = NegativeSampler(self.keys, self.n_items, allowed, seed=seed)
+        return torch.from_numpy(sampler.sample(np.repeat(users, m)).reshape(users.size, m))
+
+    def neg_mask(self, users: np.ndarray) -> torch.Tensor:
+        """``(B, n_items)`` bool: the allowed items each of ``users`` ``(B,)`` does not know."""
+        users = np.asarray(users, dtype=np.int64)
+        mask = self.allowed[None, :].repeat(users.size, 1)
+        lens = self.indptr[users + 1] - self.indptr[users]
+        rows = np.repeat(np.arange(users.size), lens)
+        within = np.arange(lens.sum()) - np.repeat(np.cumsum(lens) - lens, lens)
+        cols = self.items[np.repeat(self.indptr[users], lens) + within]
+        mask[torch.from_numpy(rows), torch.from_numpy(cols)] = False
+        return mask
+
+
+# -- gradient and curvature ---------------------------------------------------------------------
+@torch.no_grad()
+def forget_gradient(fu: torch.Tensor, fi: torch.Tensor, pu: np.ndarray, pi: np.ndarray,
+                    known: KnownItems, chunk: int = 1024) -> Pair:
+    """Gradient of ``sum_{(u,i) in D_f} mean_j softplus(s_uj - s_ui)`` w.r.t. the final rows,
+    ``j`` uniform over the allowed items ``u`` does not know (exact, no sampling).
+
+    Args:
+        fu, fi: ``(n_users, d)``, ``(n_items, d)`` final embeddings (float64).
+        pu, pi: ``(F,)`` int64 D_f pairs.
+        known: the pairs of the ORIGINAL training data (what the sampler excluded).
+
+    Returns:
+        ``(gU (n_users, d), gI (n_items, d))``; items reach it as positives and, through
+        the negative term, as negatives.
+    """
+    g_u, g_i = torch.zeros_like(fu), torch.zeros_like(fi)
+    order = np.argsort(pu, kind="stable")
+    pu, pi = np.asarray(pu, np.int64)[order], np.asarray(pi, np.int64)[order]
+    for s in range(0, pu.size, chunk):
+        u = torch.from_numpy(pu[s:s + chunk])
+        i = torch.from_numpy(pi[s:s + chunk])
+        rows = fu[u]                                               # (B, d)
+        scores = rows @ fi.T                                       # (B, n_items)
+        uniq, inv = np.unique(pu[s:s + chunk], return_inverse=True)
+        ok = known.neg_mask(uniq).to(scores.dtype)[torch.from_numpy(inv)]
+        w = torch.sigmoid(scores - scores.gather(1, i[:, None])) * ok
+        w = w / ok.sum(1, keepdim=True).clamp_min(1)               # (B, n_items) d loss / d s_uj
+        cp = w.sum(1)                                              # (B,) -d loss / d s_ui
+        g_u.index_add_(0, u, w @ fi - cp[:, None] * fi[i])
+        g_i.index_add_(0, i, -cp[:, None] * rows)
+        g_i += w.T @ rows
+    return g_u, g_i
+
+
+def _sym_from_upper(flat: torch.Tensor, d: int, tri: torch.Tensor) -> torch.Tensor:
+    """``(R, d*(d+1)/2)`` upper-triangle entries -> ``(R, d, d)`` symmetric, float64."""
+    h = torch.zeros(flat.shape[0], d, d, dtype=torch.float64)
+    h[:, tri[0], tri[1]] = flat.double()
+    h[:, tri[1], tri[0]] = flat.double()
+    return h
+
+
+@torch.no_grad()
+def retain_curvature(fu: torch.Tensor, fi: torch.Tensor, ru: np.ndarray, ri: np.ndarray,
+                     known: KnownItems, m: int, seed: int, item_rows: np.ndarray,
+                     user_rows: np.ndarray) -> Pair:
+    """Per-row Gauss-Newton curvature of ``sum_{(u,k) in D_r} mean_j softplus(s_uj - s_uk)``.
+
+    Item row ``i`` (users fixed): ``sum_u C[u, i] F_u F_u^T``, ``C`` the weights
+    ``sigma'`` of every retain triple with ``i`` as positive or negative. User row ``u``
+    (items fixed): ``sum_{(k, j)} sigma'_kj (F_j - F_k)(F_j - F_k)^T``. The expectation
+    over negatives uses ``m`` uniform draws per user shared by the user's pairs (fixed
+    seed). Computed in float32.
+
+    Args:
+        fu, fi: ``(n_users, d)``, ``(n_items, d)`` final embeddings.
+        ru, ri: ``(P,)`` int64 retain training pairs; ``known``: their item sets.
+        item_rows: ``(R_i,)`` item rows wanted; ``user_rows``: ``(R_u,)`` user rows.
+
+    Returns:
+        ``(HI (R_i, d, d), HU (R_u, d, d))``, float64.
+    """
+    d, n_users, n_items = fu.shape[1], fu.shape[0], fi.shape[0]
+    fu32, fi32 = fu.float(), fi.float()
+    users = np.unique(ru)
+    neg = known.sample(users, m, seed)                             # (U, m)
+    upos = torch.full((n_users,), -1, dtype=torch.long)
+    upos[torch.from_numpy(users)] = torch.arange(users.size)
+    users_t = torch.from_numpy(users)
+    u_t, k_t = torch.from_numpy(np.asarray(ru, np.int64)), torch.from_numpy(np.asarray(ri, np.int64))
+    pr = upos[u_t]                                                 # (P,) row of neg per pair
+    s_neg = torch.einsum("ud,umd->um", fu32[users_t], fi32[neg])   # (U, m)
+    s_pos = (fu32[u_t] * fi32[k_t]).sum(1)                         # (P,)
+    sg = torch.sigmoid(s_neg[pr] - s_pos[:, None])
+    cw = sg * (1 - sg) / m                                         # (P, m) sigma' / m
+    tri = torch.triu_indices(d, d)
+    h_i = torch.zeros(0, d, d, dtype=torch.float64)
+    h_u = torch.zeros(0, d, d, dtype=torch.float64)
+    if item_rows.size:
+        ipos = torch.full((n_items,), -1, dtype=torch.long)
+        ipos[torch.from_numpy(item_rows)] = torch.arange(item_rows.size)
+        cneg = torch.zeros(users.size, m, dtype=cw.dtype).index_add_(0, pr, cw)
+        rows = torch.cat([k_t, neg.reshape(-1)])
+        cols = torch.cat([u_t, users_t.repeat_interleave(m)])
+        vals = torch.cat([cw.sum(1), cneg.reshape(-1)])
+        keep = ipos[rows] >= 0
+        c = torch.sparse_coo_tensor(torch.stack([ipos[rows[keep]], cols[keep]]), vals[keep],
+                                    (item_rows.size, n_users), check_invariants=False).coalesce()
+        h_i = _sym_from_upper(torch.sparse.mm(c, fu32[:, tri[0]] * fu32[:, tri[1]]), d, tri)
+    if user_rows.size:
+        # H_u = sum_j a_uj F_j F_j^T + sum_k b_uk F_k F_k^T - (Z_u FJ_u + (Z_u FJ_u)^T),
+        # a_uj = sum_k c_kj, b_uk = sum_j c_kj, Z_u = sum_k F_k c_k^T (d x m)
+        rpos = torch.full((n_users,), -1, dtype=torch.long)
+        rpos[torch.from_numpy(user_rows)] = torch.arange(user_rows.size)
+        sel = torch.nonzero(rpos[u_t] >= 0).flatten()
+        ur, c = rpos[u_t[sel]], cw[sel]                            # (P',), (P', m)
+        a_u = torch.zeros(user_rows.size, m, dtype=c.dtype).index_add_(0, ur, c)
+        neg_r = neg[upos[torch.from_numpy(user_rows)]]             # (R_u, m)
+        rows = torch.cat([ur, torch.arange(user_rows.size).repeat_interleave(m)])
+        cols = torch.cat([k_t[sel], neg_r.reshape(-1)])
+        vals = torch.cat([c.sum(1), a_u.reshape(-1)])
+        c2 = torch.sparse_coo_tensor(torch.stack([rows, cols]), vals, (user_rows.size, n_items),
+                                     check_invariants=False).coalesce()
+        h_u = _sym_from_upper(torch.sparse.mm(c2, fi32[:, tri[0]] * fi32[:, tri[1]]), d, tri)
+        z = torch.zeros(user_rows.size, d, m, dtype=c.dtype)
+        for s0 in range(0, sel.numel(), 8192):
+            sl = slice(s0, s0 + 8192)
+            z.index_add_(0, ur[sl], fi32[k_t[sel[sl]]][:, :, None] * c[sl][:, None, :])
+        cross = torch.bmm(z, fi32[neg_r]).double()                 # (R_u, d, d)
+        h_u -= cross + cross.transpose(1, 2)
+    return h_i, h_u
+
+
+class DampedRows:
+    """``(H_r + lam_r I)^-1 g_r`` for every row and any damping, from one batched
+    eigendecomposition ``H_r = Q_r diag(e_r) Q_r^T``.
+
+    Args:
+        h: ``(R, d, d)`` symmetric positive semi-definite curvature blocks.
+        g: ``(R, d)`` right-hand sides.
+    """
+
+    def __init__(self, h: torch.Tensor, g: torch.Tensor) -> None:
+        self.g = g
+        self.e = self.q = self.qg = None
+        if h.shape[0]:
+            e, q = torch.linalg.eigh(h)
+            self.e, self.q = e.clamp_min(0.0), q
+            self.qg = torch.einsum("rdk,rd->rk", q, g)
+
+    def __call__(self, lam: torch.Tensor) -> torch.Tensor:
+        """``(R, d)`` damped steps for ``lam`` ``(R,)``."""
+        if self.q is None:
+            return self.g.clone()
+        return torch.einsum("rdk,rk->rd", self.q, self.qg / (self.e + lam[:, None]))
+
+
+def damping_scale(h: torch.Tensor, how: str) -> torch.Tensor:
+    """``c_r`` ``(R,)`` of curvature blocks ``h`` ``(R, d, d)``: ``global`` (mean over rows
+    of ``trace(H_r)/d``), ``row`` (the row's own ``trace/d``) or ``sqrt`` (their geometric
+    mean)."""
+    if h.shape[0] == 0:
+        return torch.zeros(0, dtype=h.dtype)
+    tr = torch.diagonal(h, dim1=1, dim2=2).mean(1).clamp_min(1e-12)
+    glob = tr.mean().expand_as(tr).clone()
+    if how == "global":
+        return glob
+    if how == "row":
+        return tr
+    if how == "sqrt":
+        return (tr * glob).sqrt()
+    raise ValueError(f"damping {how!r}: expected global, row or sqrt")
+
+
+@dataclass
+class RowCorrection:
+    """The damped influence step ``dF_r = (H_r + kappa c_r I)^-1 g_r`` of the corrected rows.
+
+    Attributes:
+        item_rows: ``(R_i,)`` int64 item rows corrected; ``user_rows``: ``(R_u,)`` user rows.
+        items, users: their :class:`DampedRows`.
+        c_items, c_users: ``(R_i,)``, ``(R_u,)`` damping scales ``c_r``.
+    """
+
+    item_rows: np.ndarray
+    user_rows: np.ndarray
+    items: DampedRows
+    users: DampedRows
+    c_items: torch.Tensor
+    c_users: torch.Tensor
+
+    def dense(self, kappa: float, n_users: int, n_items: int) -> Pair:
+        """``(dFu (n_users, d), dFi (n_items, d))``, zero outside the corrected rows."""
+        d = self.items.g.shape[1] if self.item_rows.size else self.users.g.shape[1]
+        d_fu = torch.zeros(n_users, d, dtype=torch.float64)
+        d_fi = torch.zeros(n_items, d, dtype=torch.float64)
+        if self.item_rows.size:
+            d_fi[torch.from_numpy(self.item_rows)] = self.items(kappa * self.c_items)
+        if self.user_rows.size:
+            d_fu[torch.from_numpy(self.user_rows)] = self.users(kappa * self.c_users)
+        return d_fu, d_fi
+
+    def apply(self, f_u: torch.Tensor, f_i: torch.Tensor, kappa: float) -> Pair:
+        """``F + dF`` for final embeddings ``(n_users, d)``, ``(n_items, d)``."""
+        d_fu, d_fi = self.dense(kappa, f_u.shape[0], f_i.shape[0])
+        return f_u + d_fu, f_i + d_fi
+
+
+def row_correction(fo_u: torch.Tensor, fo_i: torch.Tensor, retain: RecDataset,
+                   forget_user: np.ndarray, forget_item: np.ndarray, kind: str,
+                   redrawn_users: np.ndarray, active: np.ndarray, neg_per_user: int = 64,
+                   damping: str = "global", seed: int = 0) -> RowCorrection:
+    """Gradient, curvature and damping scales of every row D_f taught that is not re-drawn.
+
+    Args:
+        fo_u, fo_i: ``(n_users, d)``, ``(n_items, d)`` final embeddings of the trained model
+            over the ORIGINAL graph (float64).
+        retain: the retain dataset (its train split is D_r).
+        forget_user, forget_item: ``(F,)`` D_f pairs.
+        kind: the request kind; ``users`` requests correct item rows only (the users are
+            re-drawn), the others item rows and the rows of D_f users who keep data.
+        redrawn_users: ``(k,)`` user rows re-drawn; active: ``(n_items,)`` bool catalogue.
+    """
+    n_users, n_items = retain.n_users, retain.n_items
+    ru, ri = retain.train.user.astype(np.int64), retain.train.item.astype(np.int64)
+    fu, fi = np.asarray(forget_user, np.int64), np.asarray(forget_item, np.int64)
+    known_o = KnownItems(np.concatenate([ru, fu]), np.concatenate([ri, fi]), n_users, n_items)
+    g_u, g_i = forget_gradient(fo_u, fo_i, fu, fi, known_o)
+    item_rows = np.flatnonzero((g_i.norm(dim=1) > 0).numpy() & active)
+    user_rows = (np.zeros(0, np.int64) if kind == "users"
+                 else np.setdiff1d(np.unique(fu), redrawn_users))
+    known_r = KnownItems(ru, ri, n_users, n_items, active)
+    h_i, h_u = retain_curvature(fo_u, fo_i, ru, ri, known_r, neg_per_user, seed, item_rows, user_rows)
+    return RowCorrection(item_rows, user_rows,
+                         DampedRows(h_i, g_i[torch.from_numpy(item_rows)]),
+                         DampedRows(h_u, g_u[torch.from_numpy(user_rows)]),
+                         damping_scale(h_i, damping), damping_scale(h_u, damping))
+
+
+# -- calibration statistic ----------------------------------------------------------------------
+def grouped_auc(gp: torch.Tensor, sp: torch.Tensor, gn: torch.Tensor, sn: torch.Tensor,
+                n_groups: int, wp: torch.Tensor | None = None) -> Pair:
+    """Per-group numerator and denominator of the within-group AUC of scores ``sp`` ``(P,)``
+    (group ids ``gp``, weights ``wp``, default 1) against ``sn`` ``(N,)`` (group ids ``gn``):
+    ``num_g = sum_p w_p #{n in g: s_n < s_p} (+1/2 ties)``, ``den_g = sum_p w_p n_n(g)``;
+    both ``(n_groups,)`` float64. The pooled statistic is ``sum num / sum den``."""
+    num = torch.zeros(n_groups, dtype=torch.float64)
+    den = torch.zeros(n_groups, dtype=torch.float64)
+    if sp.numel() == 0 or sn.numel() == 0:
+        return num, den
+    sp, sn = sp.double(), sn.double()
+    span = 2.0 * float(torch.cat([sp.abs(), sn.abs()]).max()) + 1.0
+    kn = torch.sort(gn.double() * span + sn).values
+    kp = gp.double() * span + sp
+    lo = torch.searchsorted(kn, kp, right=False)
+    hi = torch.searchsorted(kn, kp, right=True)
+    start = torch.searchsorted(kn, gp.double() * span - span / 2)   # the group's first negative
+    below = (lo - start).double() + 0.5 * (hi - lo).double()
+    n_neg = torch.bincount(gn, minlength=n_groups).double()
+    w = torch.ones_like(sp) if wp is None else wp.double()
+    num.index_add_(0, gp, w * below)
+    den.index_add_(0, gp, w * n_neg[gp])
+    return num, den
+
+
+def ratio_and_se(num: torch.Tensor, den: torch.Tensor) -> tuple[float, float]:
+    """``R = sum num / sum den`` over groups ``(G,)`` and its ratio-estimator standard error."""
+    keep = den > 0
+    num, den = num[keep], den[keep]
+    if den.numel() == 0:
+        return float("nan"), float("nan")
+    r = float(num.sum() / den.sum())
+    g = den.numel()
+    se = float(((num - r * den) ** 2).sum().sqrt() / den.sum()) * (g / max(g - 1, 1)) ** 0.5
+    return r, se
+
+
+@dataclass
+class _Halving:
+    """One random halving of every unit's train members: ``n`` units; fit half (unit ids
+    ``ua``, members ``a``), scored half (``ub``, ``b``), held-out members (``uh``, ``h``)."""
+
+    n: int
+    ua: torch.Tensor
+    a: torch.Tensor
+    ub: torch.Tensor
+    b: torch.Tensor
+    uh: torch.Tensor
+    h: torch.Tensor
+
+
+def _halvings(train: dict[int, np.ndarray], held: dict[int, np.ndarray], splits: int,
+              seed: int) -> list[_Halving]:
+    """``splits`` random halvings of the units that have >= 2 train and >= 1 held-out members."""
+    rng = np.random.default_rng(seed + 7)
+    keys = [k for k, t in train.items() if t.size >= 2 and held.get(k, np.zeros(0)).size]
+
+    def cat(xs: list[np.ndarray]) -> torch.Tensor:
+        if not xs:
+            return torch.zeros(0, dtype=torch.long)
+        return torch.from_numpy(np.concatenate(xs).astype(np.int64))
+    out = []
+    for _ in range(splits):
+        parts = []
+        for key in keys:
+            perm = rng.permutation(train[key])
+            parts.append((key, perm[:perm.size // 2], perm[perm.size // 2:]))
+        out.append(_Halving(
+            n=len(parts), ua=cat([np.full(a.size, k) for k, (_, a, _) in enumerate(parts)]),
+            a=cat([a for _, a, _ in parts]),
+            ub=cat([np.full(b.size, k) for k, (_, _, b) in enumerate(parts)]),
+            b=cat([b for _, _, b in parts]),
+            uh=cat([np.full(held[key].size, k) for k, (key, _, _) in enumerate(parts)]),
+            h=cat([held[key] for key, _, _ in parts])))
+    return out
+
+
+def _group(keys: np.ndarray, members: np.ndarray) -> dict[int, np.ndarray]:
+    """``key -> (k,)`` unique members, for ``(P,)`` aligned arrays."""
+    order = np.argsort(keys, kind="stable")
+    keys, members = keys[order], members[order]
+    uk, start = np.unique(keys, return_index=True)
+    return {int(k): np.unique(v) for k, v in zip(uk, np.split(members, start[1:]))}
+
+
+class Calibrator:
+    """The exchangeability statistic of a request kind.
+
+    ``__call__(Fu, Fi)`` -> P(the train part of D_f beats held-out pairs of the same units)
+    under an attacker's fresh vector fitted on half of each unit's train members; 1/2 for a
+    model that never saw D_f. Units: forgotten users (``users``: their D_f items vs their
+    held-out items), withdrawn items (``items``: their former train users vs their held-out
+    users, as a percentile among each user's candidate items), or users with forgotten
+    pairs (``interactions``: the D_f pair's score vs the same user's validation pairs).
+
+    Args:
+        kind: ``users``, ``items`` or ``interactions``.
+        fu, fi: ``(F,)`` D_f pairs; hu, hi: ``(H,)`` held-out pairs.
+        retain_known: the retain train pairs (candidates of the ``items`` statistic).
+        active: ``(n_items,)`` bool, items still in the catalogue.
+        splits, foldin_ridge, seed: halvings averaged, attacker ridge relative to mean
+            ``|F|^2``, seed of the halvings.
+        user_weight: ``(n_users,)`` weights of the train users of ``items`` units.
+    """
+
+    def __init__(self, kind: str, fu: np.ndarray, fi: np.ndarray, hu: np.ndarray, hi: np.ndarray,
+                 retain_known: KnownItems, active: np.ndarray, splits: int, foldin_ridge: float,
+                 seed: int, user_weight: np.ndarray | None = None) -> None:
+        self.kind, self.active = kind, torch.from_numpy(active)
+        self.known, self.ridge = retain_known, foldin_ridge
+        self.user_weight = None if user_weight is None else torch.from_numpy(user_weight)
+        self.pairs = tuple(torch.from_numpy(np.asarray(x, np.int64)) for x in (fu, fi, hu, hi))
+        self.halves: list[_Halving] = []
+        if kind in ("users", "items"):
+            train = _group(fu, fi) if kind == "users" else _group(fi, fu)
+            held = _group(hu, hi) if kind == "users" else _group(hi, hu)
+            self.halves = _halvings(train, held, splits, seed)
+            self.n_units = self.halves[0].n if self.halves else 0
+        else:
+            self.n_units = int(np.intersect1d(fu, hu).size)
+        self._items_cache: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+
+    def __call__(self, f_u: torch.Tensor, f_i: torch.Tensor) -> tuple[float, float]:
+        """``(statistic, standard error over units)`` for final embeddings
+        ``(n_users, d)``, ``(n_items, d)``."""
+        if self.kind == "users":
+            return self._users(f_i)
+        if self.kind == "items":
+            return self._items(f_u, f_i)
+        fu, fi, hu, hi = self.pairs
+        return ratio_and_se(*grouped_auc(fu, (f_u[fu] * f_i[fi]).sum(1), hu,
+                                         (f_u[hu] * f_i[hi]).sum(1), f_u.shape[0]))
+
+    def _fresh(self, v: torch.Tensor, fit: torch.Tensor, n: int, ua: torch.Tensor) -> torch.Tensor:
+        """``(n, d)`` attacker vectors, one per unit: one Newton step of BPR against every row
+        of ``v`` ``(N, d)`` from zero = whitened centroid of the fit rows ``fit`` (unit ids ``ua``)."""
+        mean = v.mean(0)
+        cov = (v - mean).T @ (v - mean) / v.shape[0]
+        ridge = self.ridge * float(v.pow(2).sum(1).mean())
+        g_inv = torch.linalg.inv(cov + ridge * torch.eye(v.shape[1], dtype=v.dtype))
+        cent = torch.zeros(n, v.shape[1], dtype=v.dtype).index_add_(0, ua, fit)
+        cent = cent / torch.bincount(ua, minlength=n).clamp_min(1)[:, None].to(v.dtype)
+        return (cent - mean) @ g_inv.T
+
+    def _users(self, f_i: torch.Tensor) -> tuple[float, float]:
+        num = den = 0.0
+        for hv in self.halves:
+            w = self._fresh(f_i[self.active], f_i[hv.a], hv.n, hv.ua)
+            nu, de = grouped_auc(hv.ub, (w[hv.ub] * f_i[hv.b]).sum(1), hv.uh,
+                                 (w[hv.uh] * f_i[hv.h]).sum(1), hv.n)
+            num, den = num + nu, den + de
+        return ratio_and_se(num, den) if self.halves else (float("nan"), float("nan"))
+
+    def _candidates(self, n_users: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Users involved in the ``items`` statistic, their row map, candidate masks
+        ``(U, n_items)`` (active items they do not know) and candidate counts ``(U,)``."""
+        if self._items_cache is None:
+            inv = torch.unique(torch.cat([torch.cat([hv.b, hv.h]) for hv in self.halves]))
+            row = torch.full((n_users,), -1, dtype=torch.long)
+            row[inv] = torch.arange(inv.numel())
+            mask = self.active[None, :].repeat(inv.numel(), 1)
+            for r, u in enumerate(inv.tolist()):
+                mask[r, torch.from_numpy(self.known.of(u))] = False
+            self._items_cache = (inv, row, mask, mask.sum(1))
+        return self._items_cache
+
+    def _items(self, f_u: torch.Tensor, f_i: torch.Tensor) -> tuple[float, float]:
+        if not self.halves:
+            return float("nan"), float("nan")
+        inv, row, mask, n_cand = self._candidates(f_u.shape[0])
+        us = f_u[inv]
+        cand = torch.where(mask, us @ f_i.T, torch.tensor(float("inf"), dtype=f_u.dtype))
+        weight = self.user_weight if self.user_weight is not None else torch.ones(f_u.shape[0])
+        num = den = 0.0
+        for hv in self.halves:
+            v = self._fresh(f_u, f_u[hv.a], hv.n, hv.ua)
+
+            def pct(units: torch.Tensor, users: torch.Tensor) -> torch.Tensor:
+                r = row[users]
+                t = (us[r] * v[units]).sum(1)
+                return (cand[r] < t[:, None]).sum(1).to(f_u.dtype) / n_cand[r].to(f_u.dtype)
+            nu, de = grouped_auc(hv.ub, pct(hv.ub, hv.b), hv.uh, pct(hv.uh, hv.h), hv.n, weight[hv.b])
+            num, den = num + nu, den + de
+        return ratio_and_se(num, den)
+
+
+def make_calibrator(retain: RecDataset, forget_user: np.ndarray, forget_item: np.ndarray,
+                    kind: str, banned_items: np.ndarray, held_out: tuple[np.ndarray, np.ndarray] | None,
+                    splits: int = 4, foldin_ridge: float = 1e-3, seed: int = 0) -> Calibrator:
+    """The calibration statistic of a request (usable on any model's final embeddings, e.g.
+    to check that a retrained model sits at 1/2).
+
+    Held-out reference: for ``users`` / ``items`` requests ``held_out`` = the valid/test pairs
+    the request removes anyway (``ForgetSet.held_out_removed``); for ``interactions`` the
+    retain validation split. No test pair of a retain user is read (not even the test
+    split's sizes: the ``items`` user weights use validation counts).
+
+    Raises:
+        ValueError: ``users`` / ``items`` request without ``held_out``.
+    """
+    n_u, n_items = retain.n_users, retain.n_items
+    active = np.ones(n_items, dtype=bool)
+    active[np.asarray(banned_items, np.int64)] = False
+    known = KnownItems(retain.train.user, retain.train.item, n_u, n_items, active)
+    fu, fi = np.asarray(forget_user, np.int64), np.asarray(forget_item, np.int64)
+    if kind == "interactions":
+        hu, hi = retain.valid.user.astype(np.int64), retain.valid.item.astype(np.int64)
+    elif held_out is None:
+        raise ValueError("held_out pairs are needed to calibrate users/items requests")
+    else:
+        hu, hi = np.asarray(held_out[0], np.int64), np.asarray(held_out[1], np.int64)
+    weight = None
+    if kind == "items":
+        # a withdrawn item's train users and held-out users differ in mix: the per-user split
+        # holds out a larger share of a light user's items. Weight each train user by its odds
+        # of holding a pair out (split sizes: validation and the request's held-out pairs)
+        n_train = np.bincount(retain.train.user, minlength=n_u) + np.bincount(fu, minlength=n_u)
+        n_held = np.bincount(retain.valid.user, minlength=n_u) + np.bincount(hu, minlength=n_u)
+        weight = n_held / np.maximum(n_train, 1)
+    return Calibrator(kind, fu, fi, hu, hi, known, active, splits, foldin_ridge, seed, weight)
+
+
+def choose_damping(kappas: list[float], stats: list[float], ses: list[float], target: float,
+                   tolerance_se: float = 0.0) -> tuple[float, str]:
+    """The damping scale from the calibration curve (``kappas`` ascending).
+
+    Scan from the largest damping (least correction) down and take the first crossing of
+    ``target + tolerance_se * se`` (log-linear interpolation). If the curve never gets there,
+    the largest damping whose statistic is within one standard error of the curve's minimum
+    (as little correction as reaches the floor). Returns ``(kappa, how it was chosen)``.
+    """
+    ks, st, se = list(kappas)[::-1], list(stats)[::-1], list(ses)[::-1]
+    tg = [target + tolerance_se * (e if math.isfinite(e) else 0.0) for e in se]
+    if st[0] <= tg[0]:
+        return ks[0], "at or below target with the most damping"
+    for a in range(1, len(ks)):
+        if st[a] <= tg[a]:
+            la, lb = math.log(ks[a - 1]), math.log(ks[a])
+            d0, d1 = st[a - 1] - tg[a - 1], st[a] - tg[a]
+            t = d0 / max(d0 - d1, 1e-12)
+            return math.exp(la + t * (lb - la)), "crossing"
+    best = int(np.nanargmin(stats))
+    floor = stats[best] + (ses[best] if math.isfinite(ses[best]) else 0.0)
+    for a in range(len(kappas) - 1, best - 1, -1):
+        if stats[a] <= floor:
+            return kappas[a], "no crossing: least correction within 1 s.e. of the minimum"
+    return kappas[best], "no crossing: minimum"
+
+
+def calibrate(correction: RowCorrection, f_u: torch.Tensor, f_i: torch.Tensor,
+              calibrator: Calibrator, kappas: list[float], target: float = 0.5,
+              tolerance_se: float = 0.0) -> tuple[float, str, list[tuple[float, float, float]]]:
+    """Scan the damping grid ``kappas`` (ascending) on the corrected finals ``F + dF(kappa)``
+    (``f_u`` ``(n_users, d)``, ``f_i`` ``(n_items, d)``: the model after the re-draw) and
+    pick ``kappa`` (:func:`choose_damping`). Returns ``(kappa, how, [(kappa, stat, se)])``."""
+    curve = [(float(k), *calibrator(*correction.apply(f_u, f_i, k))) for k in kappas]
+    stats, ses = [c[1] for c in curve], [c[2] for c in curve]
+    if not all(math.isfinite(x) for x in stats):
+        return float(kappas[-1]), "no calibration units: the most damping", curve
+    kappa, how = choose_damping(list(kappas), stats, ses, target, tolerance_se)
+    return kappa, how, curve
+
+
+# -- realisation in the ID tables ---------------------------------------------------------------
+Vec = Pair  # a vector of the two tables (user part, item part)
+
+
+def _dot(a: Vec, b: Vec) -> float:
+    return float((a[0] * b[0]).sum() + (a[1] * b[1]).sum())
+
+
+def _axpy(alpha: float, x: Vec, y: Vec) -> Vec:
+    """``y + alpha x``."""
+    return y[0] + alpha * x[0], y[1] + alpha * x[1]
+
+
+def _conjugate_gradients(op: Callable[[Vec], Vec], b: Vec, iters: int, tol: float) -> tuple[Vec, int]:
+    """CG for a symmetric positive definite ``op``; stops at ``|r| <= tol |b|``."""
+    x = (torch.zeros_like(b[0]), torch.zeros_like(b[1]))
+    r, p = b, b
+    rs = rs0 = _dot(r, r)
+    it = 0
+    for it in range(1, iters + 1):
+        q = op(p)
+        alpha = rs / max(_dot(p, q), 1e-30)
+        x, r = _axpy(alpha, p, x), _axpy(-alpha, q, r)
+        rs_new = _dot(r, r)
+        if rs_new <= tol * tol * rs0:
+            break
+        p = _axpy(rs_new / rs, p, r)
+        rs = rs_new
+    return x, it
+
+
+def _bicgstab(op: Callable[[Vec], Vec], b: Vec, iters: int, tol: float) -> tuple[Vec, int]:
+    """BiCGSTAB for a non-symmetric ``op`` (FREEDOM's directed kNN item graph): products
+    ``op(x)`` only, no transpose."""
+    zero = (torch.zeros_like(b[0]), torch.zeros_like(b[1]))
+    x, r, rhat, v, p = zero, b, b, zero, zero
+    rho = alpha = omega = 1.0
+    nb = _dot(b, b) ** 0.5
+    it = 0
+    for it in range(1, iters + 1):
+        rho_new = _dot(rhat, r)
+        if abs(rho_new) < 1e-30:
+            break
+        beta = (rho_new / rho) * (alpha / omega)
+        p = _axpy(beta, _axpy(-omega, v, p), r)
+        v = op(p)
+        alpha = rho_new / _dot(rhat, v)
+        h, s = _axpy(alpha, p, x), _axpy(-alpha, v, r)
+        if _dot(s, s) ** 0.5 <= tol * nb:
+            return h, it
+        t = op(s)
+        omega = _dot(t, s) / max(_dot(t, t), 1e-30)
+        x, r = _axpy(omega, s, h), _axpy(-omega, t, s)
+        rho = rho_new
+        if _dot(r, r) ** 0.5 <= tol * nb:
+            break
+    return x, it
+
+
+def solve_ego(model: Recommender, d_fu: torch.Tensor, d_fi: torch.Tensor, iters: int = 80,
+              tol: float = 1e-4) -> tuple[torch.Tensor, torch.Tensor, dict[str, float | int | str]]:
+    """``(dEu (n_users, d_u), dEi (n_items, d_i))`` with ``M dE ~= dF`` for
+    ``dF = (d_fu (n_users, d), d_fi (n_items, d))``.
+
+    ``M`` is the model's map ID tables -> final embeddings over its installed graph (eval
+    mode, linear: :func:`is_linear_map`). Symmetric ``M`` (MF, LightGCN): CG; otherwise
+    BiCGSTAB, and CG on the normal equations ``M^T M dE = M^T dF`` (``M^T`` by autograd)
+    when BiCGSTAB stalls. The info holds the iterations, the solver and the relative
+    residual ``|M dE - dF| / |dF|``.
+    """
+    model.eval()
+    wu, wi = model.user_embedding.weight, model.item_embedding.weight
+    b = (d_fu.to(wu.dtype), d_fi.to(wi.dtype))
+
+    def m_op(x: Vec) -> Vec:
+        with torch.no_grad():
+            return finals_of(model, x[0], x[1])
+
+    def mt_op(y: Vec) -> Vec:
+        with torch.enable_grad():
+            xu = torch.zeros_like(wu, requires_grad=True)
+            xi = torch.zeros_like(wi, requires_grad=True)
+            fu, fi = finals_of(model, xu, xi)
+            gu, gi = torch.autograd.grad((fu * y[0]).sum() + (fi * y[1]).sum(), (xu, xi))
+        return gu, gi
+
+    def residual(x: Vec) -> float:
+        mx = m_op(x)
+        return _dot(_axpy(-1.0, b, mx), _axpy(-1.0, b, mx)) ** 0.5 / max(_dot(b, b) ** 0.5, 1e-30)
+
+    gen = torch.Generator().manual_seed(1)
+    probe = (torch.randn(wu.shape, generator=gen), torch.randn(wi.shape, generator=gen))
+    fwd, bwd = m_op(probe), mt_op(probe)
+    diff = _axpy(-1.0, bwd, fwd)
+    if _dot(diff, diff) <= 1e-10 * _dot(fwd, fwd):
+        x, it = _conjugate_gradients(m_op, b, iters, tol)
+        return x[0], x[1], {"cg_iters": it, "cg": "symmetric", "cg_rel_residual": residual(x)}
+    x, it = _bicgstab(m_op, b, iters, tol)
+    res = residual(x)
+    if res <= 10 * tol:
+        return x[0], x[1], {"cg_iters": it, "cg": "bicgstab", "cg_rel_residual": res}
+    logger.info("solve_ego: BiCGSTAB residual %.2e after %d iterations; CG on the normal equations",
+                res, it)
+    x, it = _conjugate_gradients(lambda v: mt_op(m_op(v)), mt_op(b), iters, tol)
+    return x[0], x[1], {"cg_iters": it, "cg": "normal equations", "cg_rel_residual": residual(x)}

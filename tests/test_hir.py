@@ -1,0 +1,348 @@
+"""HIR (``unlearn --method hir``): its numeric core against closed forms, the method on models
+trained briefly on the synthetic ``tiny`` preset (in process, no Ray), and on Last.fm-2K
+against a retrained model (skipped when ../shared/data is absent)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from mmrecun_ray.data.dataset import load_dataset
+from mmrecun_ray.data.schema import RecDataset
+from mmrecun_ray.data.synthetic import prepare_synthetic
+from mmrecun_ray.errors import ConfigError
+from mmrecun_ray.evaluation.evaluate import evaluate_embeddings
+from mmrecun_ray.models import build_model
+from mmrecun_ray.models.base import Recommender
+from mmrecun_ray.objectives import NegativeSampler, bpr_loss
+from mmrecun_ray.training.config import LoopConfig
+from mmrecun_ray.training.export import ModelInfo, build_from_state
+from mmrecun_ray.training.runner import Scaling
+from mmrecun_ray.unlearning.influence import (DampedRows, KnownItems, final_embeddings,
+                                              forget_gradient, grouped_auc, is_linear_map,
+                                              make_calibrator, retain_curvature)
+from mmrecun_ray.unlearning.methods import Job, MethodResult, build_methods
+from mmrecun_ray.unlearning.methods.hir import HIR
+from mmrecun_ray.unlearning.requests import ForgetSet, parse_request, resolve_request
+
+
+# -- closed forms ------------------------------------------------------------------------------
+def test_newton_step_of_a_quadratic_lands_on_the_retain_only_optimum() -> None:
+    """At the optimum of ``L_r + L_f`` (quadratics), ``+H_r^-1 grad L_f`` (the undamped step)
+    reaches the optimum of ``L_r`` alone exactly; damping shrinks it towards zero."""
+    gen = torch.Generator().manual_seed(0)
+    d = 5
+    qa, qb, a, b = (torch.randn(*shape, generator=gen, dtype=torch.float64)
+                    for shape in ((d, d), (d, d), (d,), (d,)))
+    a_mat, b_mat = qa @ qa.T + 0.5 * torch.eye(d, dtype=torch.float64), qb @ qb.T
+    both = torch.linalg.solve(a_mat + b_mat, a_mat @ a + b_mat @ b)       # argmin L_r + L_f
+    g_f = b_mat @ (both - b)                                               # grad L_f there
+    step = DampedRows(a_mat[None], g_f[None])
+    torch.testing.assert_close(both + step(torch.zeros(1, dtype=torch.float64))[0], a)
+    damped = step(torch.tensor([1e6], dtype=torch.float64))[0]
+    assert float(damped.norm()) < 1e-4 * float(g_f.norm()) + 1e-12
+
+
+def _small_problem(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, np.ndarray, np.ndarray]:
+    gen = torch.Generator().manual_seed(seed)
+    fu = torch.randn(6, 3, generator=gen, dtype=torch.float64)
+    fi = torch.randn(9, 3, generator=gen, dtype=torch.float64)
+    rng = np.random.default_rng(seed)
+    keys = np.unique(rng.integers(0, 6 * 9, 25))
+    return fu, fi, keys // 9, keys % 9
+
+
+def test_forget_gradient_is_the_gradient_of_the_exact_expected_bpr_loss() -> None:
+    fu, fi, users, items = _small_problem()
+    known = KnownItems(users, items, 6, 9)
+    pu, pi = users[::3], items[::3]
+    g_u, g_i = forget_gradient(fu, fi, pu, pi, known, chunk=2)
+    xu, xi = fu.clone().requires_grad_(True), fi.clone().requires_grad_(True)
+    loss = xu.new_zeros(())
+    for u, i in zip(pu, pi):
+        negs = torch.from_numpy(np.setdiff1d(np.arange(9), known.of(int(u))))
+        loss = loss + torch.nn.functional.softplus(xi[negs] @ xu[u] - xi[i] @ xu[u]).mean()
+    want_u, want_i = torch.autograd.grad(loss, (xu, xi))
+    torch.testing.assert_close(g_u, want_u)
+    torch.testing.assert_close(g_i, want_i)
+
+
+def test_retain_curvature_is_the_hessian_of_the_sampled_retain_loss_per_row() -> None:
+    """For a bilinear score, Gauss-Newton is the exact Hessian of each row with the other
+    side fixed; the negatives are the method's own fixed draw."""
+    fu, fi, users, items = _small_problem(1)
+    known = KnownItems(users, items, 6, 9)
+    m, seed = 4, 3
+    neg = known.sample(np.unique(users), m, seed)
+    row_of = {int(u): r for r, u in enumerate(np.unique(users))}
+    item_rows, user_rows = np.array([0, 4, 7]), np.unique(users)[:3]
+    h_i, h_u = retain_curvature(fu, fi, users, items, known, m, seed, item_rows, user_rows)
+
+    def loss(eu: torch.Tensor, ei: torch.Tensor) -> torch.Tensor:
+        total = eu.new_zeros(())
+        for u, k in zip(users, items):
+            j = neg[row_of[int(u)]]
+            total = total + torch.nn.functional.softplus(ei[j] @ eu[u] - ei[k] @ eu[u]).mean()
+        return total
+
+    def row_hessian(side: int, row: int) -> torch.Tensor:
+        """Autograd Hessian of the loss w.r.t. one row of ``fu`` (side 0) or ``fi`` (side 1)."""
+        def of_row(x: torch.Tensor) -> torch.Tensor:
+            tables = [fu.clone(), fi.clone()]
+            tables[side][row] = x
+            return loss(*tables)
+        return torch.autograd.functional.hessian(of_row, (fu, fi)[side][row].clone())
+
+    for r, i in enumerate(item_rows):
+        torch.testing.assert_close(h_i[r], row_hessian(1, int(i)), rtol=1e-4, atol=1e-5)
+    for r, u in enumerate(user_rows):
+        torch.testing.assert_close(h_u[r], row_hessian(0, int(u)), rtol=1e-4, atol=1e-5)
+
+
+def test_grouped_auc_counts_within_group_wins_with_half_ties() -> None:
+    gp, sp = torch.tensor([0, 0, 1]), torch.tensor([2.0, 0.5, 1.0])
+    gn, sn = torch.tensor([0, 0, 1, 1]), torch.tensor([1.0, 0.5, 1.0, 3.0])
+    num, den = grouped_auc(gp, sp, gn, sn, 2)
+    # group 0: 2.0 beats both (2), 0.5 ties one (0.5); group 1: 1.0 ties 1.0 (0.5)
+    torch.testing.assert_close(num, torch.tensor([2.5, 0.5], dtype=torch.float64))
+    torch.testing.assert_close(den, torch.tensor([4.0, 2.0], dtype=torch.float64))
+
+
+# -- the method on trained models --------------------------------------------------------------
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> RecDataset:
+    out = str(tmp_path_factory.mktemp("hir") / "data")
+    prepare_synthetic("tiny", 0, out)
+    return load_dataset(out)
+
+
+def _train(ds: RecDataset, name: str, steps: int = 300, seed: int = 0) -> Recommender:
+    """A short in-process BPR fit (batch 1024, Adam 0.01): enough to memorise the tiny set."""
+    torch.manual_seed(seed)
+    feats = {m: torch.from_numpy(f.copy()).float() for m, f in ds.features.items()}
+    model = build_model(name, ds.n_users, ds.n_items, feats, {"embedding_dim": 32})
+    model.set_graph(torch.from_numpy(np.stack([ds.train.user, ds.train.item]).astype(np.int64)))
+    opt = torch.optim.Adam(model.parameters(), lr=0.01)
+    sampler = NegativeSampler(ds.train.keys(ds.n_items), ds.n_items, seed=seed)
+    rng = np.random.default_rng(seed)
+    for _ in range(steps):
+        model.train()
+        idx = rng.integers(0, len(ds.train), 1024)
+        u, p = ds.train.user[idx].astype(np.int64), ds.train.item[idx].astype(np.int64)
+        ut, pt, nt = (torch.from_numpy(a) for a in (u, p, sampler.sample(u)))
+        out = model()
+        rows = out.user[ut]
+        loss = bpr_loss((rows * out.item[pt]).sum(1), (rows * out.item[nt]).sum(1))
+        opt.zero_grad()
+        (loss + 1e-4 * model.regularization(out, ut, pt, nt)).backward()
+        opt.step()
+    return model.eval()
+
+
+def _job(ds: RecDataset, model: Recommender, name: str, spec: str) -> Job:
+    cfg = LoopConfig(model=name, params=model.params, learning_rate=0.01, seed=0)
+    info = ModelInfo(model=name, params=model.params, n_users=ds.n_users, n_items=ds.n_items,
+                     modalities={m: int(f.shape[1]) for m, f in ds.features.items()},
+                     data_uri=ds.uri, manifest_hash="", loop_config=cfg.to_dict())
+    fset = resolve_request(parse_request(spec), ds)
+    return Job(model_uri=ds.uri, info=info,
+               state={k: v.detach().numpy().copy() for k, v in model.state_dict().items()},
+               optimizer=None, fset=fset, retain_uri=ds.uri, retain_data=None,
+               scaling=Scaling(workers=0), reference_valid_recall=0.0)
+
+
+def _finals(job: Job, state: dict[str, np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+    return final_embeddings(build_from_state(job.info, job.fset.retain, state))
+
+
+def _statistic(fset: ForgetSet, f_u: torch.Tensor, f_i: torch.Tensor) -> tuple[float, float]:
+    """The calibration statistic, rebuilt independently of the method's diagnostics."""
+    held = fset.held_out_removed
+    cal = make_calibrator(fset.retain, fset.forget.user, fset.forget.item, fset.request.kind,
+                          fset.banned_items, (held.user, held.item))
+    return cal(f_u, f_i)
+
+
+def _valid_recall(fset: ForgetSet, f_u: torch.Tensor, f_i: torch.Tensor) -> float:
+    r = fset.retain
+    banned = fset.banned_items if fset.banned_items.size else None
+    return evaluate_embeddings(f_u.float(), f_i.float(), r, r.valid, (20,), banned)["recall@20"]
+
+
+@pytest.fixture(scope="module")
+def lightgcn(tiny: RecDataset) -> Recommender:
+    return _train(tiny, "lightgcn")
+
+
+@pytest.fixture(scope="module")
+def users_run(tiny: RecDataset, lightgcn: Recommender) -> tuple[Job, MethodResult]:
+    job = _job(tiny, lightgcn, "lightgcn", "users:10%")
+    return job, HIR().run(job)
+
+
+def test_users_request_redraws_the_forgotten_users_rows(users_run) -> None:
+    job, res = users_run
+    gone = np.unique(job.fset.forget.user)
+    fresh = build_model("lightgcn", job.info.n_users, job.info.n_items, {}, job.info.params)
+    fresh.reinit_id_rows(torch.from_numpy(gone), None, seed=0)
+    rows = res.state["user_embedding.weight"][gone]
+    np.testing.assert_array_equal(rows, fresh.user_embedding.weight.detach().numpy()[gone])
+    assert np.all(rows != job.state["user_embedding.weight"][gone])
+    assert res.extra["reset_users"] == gone.size and res.extra["hir"]["user_rows"] == 0
+
+
+def test_users_request_calibration_brings_the_statistic_to_one_half(users_run) -> None:
+    job, res = users_run
+    before = _statistic(job.fset, *_finals(job, job.state))
+    after = _statistic(job.fset, *_finals(job, res.state))
+    diag = res.extra["hir"]
+    assert before[0] > 0.5 + 2 * before[1] and before[0] > 0.56, before
+    assert abs(after[0] - 0.5) < 0.03, after
+    assert diag["kappa_how"] == "crossing"
+    assert abs(diag["stat_after"] - after[0]) < 1e-9
+    assert len(diag["curve"]) == 16
+
+
+def test_users_request_moves_item_rows_only_and_keeps_retain_users(users_run) -> None:
+    """Retain users' final rows are untouched up to the CG tolerance; item rows moved."""
+    job, res = users_run
+    fset = job.fset
+    keep = np.setdiff1d(np.unique(fset.retain.train.user), fset.forget.user)
+    u0, i0 = _finals(job, job.state)
+    u1, i1 = _finals(job, res.state)
+    rel_users = float((u1[keep] - u0[keep]).norm() / u0[keep].norm())
+    rel_items = float((i1 - i0).norm() / i0.norm())
+    assert res.extra["hir"]["cg_rel_residual"] < 1e-4
+    assert rel_users < 1e-3, rel_users
+    assert rel_items > 0.01, rel_items
+
+
+def test_users_request_keeps_retain_quality(users_run) -> None:
+    job, res = users_run
+    before = _valid_recall(job.fset, *_finals(job, job.state))
+    after = _valid_recall(job.fset, *_finals(job, res.state))
+    assert before > 0.5
+    assert after >= before - 0.02, (before, after)
+
+
+@pytest.mark.parametrize("spec", ["items:5%", "interactions:10%"])
+def test_items_and_interactions_requests_are_calibrated(tiny, lightgcn, spec) -> None:
+    job = _job(tiny, lightgcn, "lightgcn", spec)
+    res = HIR().run(job)
+    diag = res.extra["hir"]
+    before = _statistic(job.fset, *_finals(job, job.state))
+    after = _statistic(job.fset, *_finals(job, res.state))
+    assert before[0] > 0.56 and abs(after[0] - 0.5) < 0.03, (before, after)
+    assert diag["item_rows"] > 0 and diag["user_rows"] > 0
+    quality = (_valid_recall(job.fset, *_finals(job, job.state)),
+               _valid_recall(job.fset, *_finals(job, res.state)))
+    assert quality[1] >= quality[0] - 0.02, quality
+    if spec.startswith("items"):
+        banned = job.fset.banned_items
+        assert res.extra["reset_items"] == banned.size
+        assert not np.allclose(res.state["item_embedding.weight"][banned],
+                               job.state["item_embedding.weight"][banned])
+
+
+def test_freedom_is_realised_through_its_non_symmetric_map(tiny) -> None:
+    model = _train(tiny, "freedom", steps=200)
+    job = _job(tiny, model, "freedom", "users:10%")
+    res = HIR().run(job)
+    diag = res.extra["hir"]
+    assert diag["cg"] in ("bicgstab", "normal equations") and diag["cg_rel_residual"] < 1e-3
+    after = _statistic(job.fset, *_finals(job, res.state))
+    assert abs(after[0] - 0.5) < 0.03, after
+
+
+def test_linear_map_probe_and_unsupported_models(tiny) -> None:
+    feats = {m: torch.from_numpy(f.copy()).float() for m, f in tiny.features.items()}
+    edges = torch.from_numpy(np.stack([tiny.train.user, tiny.train.item]).astype(np.int64))
+    probed = {}
+    for name in ("mf", "lightgcn", "freedom", "vbpr", "mgcn"):
+        torch.manual_seed(0)
+        m = build_model(name, tiny.n_users, tiny.n_items, feats, {"embedding_dim": 8})
+        m.set_graph(edges)
+        probed[name] = is_linear_map(m)
+    assert probed == {"mf": True, "lightgcn": True, "freedom": True, "vbpr": False, "mgcn": False}
+    job = _job(tiny, build_model("mgcn", tiny.n_users, tiny.n_items, feats, {"embedding_dim": 8}),
+               "mgcn", "users:10%")
+    with pytest.raises(ConfigError, match="hir: model 'mgcn' is not supported"):
+        HIR().run(job)
+
+
+def test_settings_come_from_set_strings() -> None:
+    (method,) = build_methods(["hir"], {"kappa_points": "5", "damping": "row", "fixed_kappa": "null"})
+    assert method.settings.kappas()[0] == pytest.approx(0.02) and len(method.settings.kappas()) == 5
+    assert method.settings.damping == "row" and method.settings.fixed_kappa is None
+    with pytest.raises(ConfigError):
+        build_methods(["hir"], {"damping": "diagonal"})
+
+
+# -- real data -----------------------------------------------------------------------------------
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def test_lfm2k_users_request_foldin_is_closer_to_a_retrained_model_than_redraw(tmp_path) -> None:
+    """Last.fm-2K, LightGCN, users:5%: the fold-in attack's recall on the forgotten users
+    (a fresh vector fitted on half of a user's former items, the other half ranked) after
+    HIR is closer to a model retrained from scratch without them than after ``redraw``
+    (which leaves the item rows they shaped as they were). ~30-60 s on 2 shared CPUs."""
+    src = SHARED / "lfm2k"
+    if not (src / "lfm2k.inter").exists():
+        pytest.skip(f"real data {src} absent (tests read ../shared/data beside the checkout)")
+    from mmrecun_ray.data.mmrec_import import prepare_mmrec
+    from mmrecun_ray.unlearning.audit import AuditContext, fold_in_users
+    from mmrecun_ray.unlearning.methods.redraw import Redraw
+    prepare_mmrec(src, tmp_path / "lfm2k")
+    ds = load_dataset(tmp_path / "lfm2k")
+    job = _job(ds, _train(ds, "lightgcn", steps=300), "lightgcn", "users:5%@0")
+    gold = _train(job.fset.retain, "lightgcn", steps=300)
+    ctx = AuditContext.build(job.fset, ds, seed=0)
+
+    def foldin(item_emb: torch.Tensor) -> float:
+        return float(fold_in_users(item_emb, ctx).values.mean())
+    hir, redraw = HIR().run(job), Redraw().run(job)
+    g = foldin(final_embeddings(gold)[1])
+    h, r = foldin(_finals(job, hir.state)[1]), foldin(_finals(job, redraw.state)[1])
+    assert abs(h - g) < abs(r - g) - 0.005, (g, h, r)
+    assert abs(hir.extra["hir"]["stat_after"] - 0.5) < 0.01
+
+
+def test_the_influence_core_imports_no_ray() -> None:
+    import subprocess
+    import sys
+    code = "import sys, mmrecun_ray.unlearning.influence; sys.exit('ray' in sys.modules)"
+    root = Path(__file__).resolve().parents[1]
+    assert subprocess.run([sys.executable, "-c", code], cwd=root).returncode == 0
+
+
+def test_unlearn_defaults_to_hir_and_refuses_an_unsupported_model_before_any_side_effect(
+        tiny, lightgcn, tmp_path, capsys) -> None:
+    """``unlearn`` without ``--method`` runs hir; a model hir cannot handle is refused with
+    one line (exit 2) before the request is accepted or anything is written."""
+    from mmrecun_ray.cli import main
+    from mmrecun_ray.storage import ledger
+    from mmrecun_ray.training.export import export_model
+    info = replace(_job(tiny, lightgcn, "lightgcn", "users:10%").info, model="mgcn")
+    model_dir = export_model(str(tmp_path / "model"), info,
+                             {k: v.detach().numpy() for k, v in lightgcn.state_dict().items()})
+    before = ledger.read_entries(str(Path(tiny.uri) / "ledger"))
+    out = tmp_path / "forget"
+    rc = main(["unlearn", "--model-uri", model_dir, "--data", tiny.uri, "--request", "users:10%",
+               "--out", str(out), "--workers", "0"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and not out.exists()
+    assert err[-1].startswith("error: hir: model 'mgcn' is not supported"), err[-1:]
+    assert ledger.read_entries(str(Path(tiny.uri) / "ledger")) == before
+
+
+def test_modality_request_is_the_retain_graph_model_without_correction(tiny, lightgcn) -> None:
+    job = _job(tiny, lightgcn, "lightgcn", "modality:image")
+    res = HIR().run(job)
+    assert "skipped" in res.extra["hir"] and res.extra["reset_users"] == 0
+    for k, v in job.state.items():
+        np.testing.assert_array_equal(res.state[k], v)
