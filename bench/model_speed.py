@@ -35,7 +35,7 @@ from mmrecun_ray.models import BatchRows, build_model  # noqa: E402
 from mmrecun_ray.models.base import Recommender  # noqa: E402
 from mmrecun_ray.objectives import bpr_loss  # noqa: E402
 from mmrecun_ray.training.defaults import training_defaults  # noqa: E402
-from mmrecun_ray.training.sampler import NegativeSampler  # noqa: E402
+from mmrecun_ray.objectives.sampling import NegativeSampler  # noqa: E402
 
 
 def build(name: str, ds: RecDataset, seed: int) -> Recommender:

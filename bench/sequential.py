@@ -42,7 +42,7 @@ import numpy as np  # noqa: E402
 from mmrecun_ray.config import parse_sets  # noqa: E402
 from mmrecun_ray.data.dataset import load_dataset  # noqa: E402
 from mmrecun_ray.training.runner import Scaling  # noqa: E402
-from mmrecun_ray.unlearning.cli import DEFAULT_METHOD  # noqa: E402
+from mmrecun_ray.unlearning.methods import DEFAULT_METHOD  # noqa: E402
 from mmrecun_ray.unlearning.inbox import ProcessOptions, process  # noqa: E402
 from mmrecun_ray.unlearning.policy import Policy  # noqa: E402
 

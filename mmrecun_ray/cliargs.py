@@ -141,14 +141,16 @@ def work_of(args: argparse.Namespace) -> Any:
         epochs, runs = cfg.epochs, 1
     else:
         if command == "compare":
-            methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+            from mmrecun_ray.unlearning.methods import COMPARE_DEFAULT
+            methods = [m.strip() for m in (args.methods or COMPARE_DEFAULT).split(",") if m.strip()]
             golds = int(args.gold_seeds)
         elif command == "tune":
             methods, golds = ["mmrecun"] * (int(args.samples) + 1), 0
         else:
-            methods, golds = [getattr(args, "method", None) or "mmrecun"], 0
-        # reference rows train nothing; compare's "gold" is its band (counted in golds)
-        skip = ("original", "retain-graph") + (("gold",) if command == "compare" else ())
+            from mmrecun_ray.unlearning.methods import DEFAULT_METHOD
+            methods, golds = [getattr(args, "method", None) or DEFAULT_METHOD], 0
+        # reference rows and hir train nothing; compare's "gold" is its band (counted in golds)
+        skip = ("original", "retain-graph", "hir") + (("gold",) if command == "compare" else ())
         trained = [m for m in methods if m not in skip]
         retrain = [m for m in trained if m in ("gold", "sisa")]
         runs = max(1, golds + len(trained))

@@ -7,10 +7,7 @@ from typing import Any, Callable
 
 from mmrecun_ray.cliargs import scaling, settings_from_args
 from mmrecun_ray.errors import ConfigError
-from mmrecun_ray.unlearning.methods import METHODS
-
-DEFAULT_METHOD = "hir"
-COMPARE_DEFAULT = "hir,original,retain-graph,mmrecun,redraw,finetune,neggrad,sisa,gold"
+from mmrecun_ray.unlearning.methods import COMPARE_DEFAULT, DEFAULT_METHOD, METHODS
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -52,6 +49,23 @@ def _method_list(text: str) -> list[str]:
     return names
 
 
+def _applicable(names: list[str], model_uri: str) -> list[str]:
+    """``names`` without the methods whose :meth:`~mmrecun_ray.unlearning.methods.Method.check`
+    refuses the model at ``model_uri`` (each left out is logged with the reason)."""
+    import logging
+
+    from mmrecun_ray.training.export import read_model_info
+    info = read_model_info(model_uri)
+    keep = []
+    for n in names:
+        try:
+            METHODS[n]().check(info)
+            keep.append(n)
+        except ConfigError as e:
+            logging.getLogger(__name__).warning("compare: %s left out of the default methods (%s)", n, e)
+    return keep
+
+
 def cmd_unlearn(args: argparse.Namespace) -> int:
     from mmrecun_ray.unlearning.service import run_methods
     cfg_method, sets = settings_from_args(args)
@@ -79,7 +93,10 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from mmrecun_ray.unlearning.service import run_methods
     from mmrecun_ray.unlearning.summary import format_table
     _, sets = settings_from_args(args)
-    p = run_methods(args.model_uri, args.data, args.request, _method_list(args.methods), args.out,
+    names = _method_list(args.methods or COMPARE_DEFAULT)
+    if args.methods is None:  # the default list: leave out what cannot take this model
+        names = _applicable(names, args.model_uri)
+    p = run_methods(args.model_uri, args.data, args.request, names, args.out,
                     scaling(args, args.out), sets, seed=args.seed, command="compare",
                     record=args.record, overwrite=args.overwrite, gold_seeds=args.gold_seeds)
     print(format_table(p))
@@ -102,8 +119,9 @@ def add_parsers(sub: Any, add_scaling: Callable, add_s3: Callable) -> None:
     pu.set_defaults(func=cmd_unlearn)
     pc = sub.add_parser("compare", help="run several unlearning methods on one request; one table, one report")
     _common(pc)
-    pc.add_argument("--methods", default=COMPARE_DEFAULT,
-                    help=f"comma-separated methods (default: {COMPARE_DEFAULT}). {summaries}")
+    pc.add_argument("--methods", default=None,
+                    help=f"comma-separated methods (default: {COMPARE_DEFAULT}, less those that "
+                         f"cannot take the model, e.g. hir on mgcn). {summaries}")
     pc.add_argument("--gold-seeds", type=int, default=3,
                     help="Gold retrains with different seeds (the model's seed, +1, ...) that make "
                          "the band every method is judged against: mean +- max(2 sd, 2 s.e.) "

@@ -8,7 +8,7 @@ from typing import Any, Callable
 
 from mmrecun_ray.cliargs import scaling, settings_from_args
 from mmrecun_ray.errors import ConfigError
-from mmrecun_ray.unlearning.cli import DEFAULT_METHOD
+from mmrecun_ray.unlearning.methods import DEFAULT_METHOD
 from mmrecun_ray.unlearning.methods import METHODS
 from mmrecun_ray.unlearning.policy import FALLBACKS, GOLD_MODES
 

@@ -26,5 +26,10 @@ from mmrecun_ray.unlearning.methods.base import (METHODS, Job, Method, MethodRes
 from mmrecun_ray.unlearning.methods import (finetune, gold, hir, mmrecun, redraw,  # noqa: F401
                                             reference, sisa)
 
-__all__ = ["METHODS", "Job", "Method", "MethodResult", "build_methods", "method_class",
+#: what ``unlearn`` (and ``process``) run unless told otherwise
+DEFAULT_METHOD = "hir"
+#: what ``compare`` runs unless told otherwise (less the methods that refuse the model)
+COMPARE_DEFAULT = "hir,original,retain-graph,mmrecun,redraw,finetune,neggrad,sisa,gold"
+
+__all__ = ["COMPARE_DEFAULT", "DEFAULT_METHOD", "METHODS", "Job", "Method", "MethodResult", "build_methods", "method_class",
            "setting_names"]
