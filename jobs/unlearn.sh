@@ -2,7 +2,7 @@
 # Ray job entrypoint: make a trained model forget one request with one method.
 #
 #   python -m mmrecun_ray unlearn --model-uri MODEL_URI --data DATA_URI --request REQUEST
-#          --method METHOD --out OUT_URI [--workers WORKERS] [--gpus] [--set alpha=ALPHA] [ARGS...]
+#          [--method METHOD] --out OUT_URI [--workers WORKERS] [--gpus] [--set alpha=ALPHA] [ARGS...]
 #
 # Environment:
 #   MODEL_URI (required) trained model folder written by `train` (<train OUT_URI>/model)
@@ -11,8 +11,8 @@
 #             modality:image | users:5% | items:2% | interactions:10% (@SEED suffix) |
 #             a .json/.parquet request file
 #   OUT_URI   (required) output URI; metrics.json and the unlearned model land there
-#   METHOD    mmrecun | gold | finetune | neggrad | sisa (default: mmrecun)
-#   ALPHA     MMRecUN forget weight, passed as --set alpha=ALPHA (default: the CLI's)
+#   METHOD    hir | mmrecun | redraw | gold | finetune | neggrad | sisa (default: the CLI's, hir)
+#   ALPHA     MMRecUN/NegGrad forget weight, passed as --set alpha=ALPHA (default: the CLI's)
 #   WORKERS, GPUS, PYTHON: see jobs/_common.sh
 # Arguments after the script name are passed to the CLI, e.g. --set beta=0.5
 #
@@ -27,7 +27,10 @@ require REQUEST "forget request, e.g. users:5%"
 require OUT_URI "output URI, e.g. s3://mmrecun/runs/lfm2k-forget-users5"
 
 args=(unlearn --model-uri "${MODEL_URI}" --data "${DATA_URI}" --request "${REQUEST}"
-  --method "${METHOD:-mmrecun}" --out "${OUT_URI}")
+  --out "${OUT_URI}")
+if [[ -n "${METHOD:-}" ]]; then
+  args+=(--method "${METHOD}")
+fi
 mapfile -t scaling < <(scaling_args)
 args+=("${scaling[@]}")
 if [[ -n "${ALPHA:-}" ]]; then

@@ -151,8 +151,10 @@ def build_parser() -> argparse.ArgumentParser:
     pt.add_argument("--data", required=True, help="dataset URI (folder or s3:// prefix)")
     pt.add_argument("--model", required=True, help="model name: mf | vbpr | lightgcn | freedom | mgcn")
     pt.add_argument("--out", required=True, help="output URI: model/ and metrics.json go here")
-    pt.add_argument("--epochs", type=int, default=None, help="maximum epochs (early stopping on "
-                    "validation recall@20 may stop sooner; default: 200)")
+    pt.add_argument("--epochs", type=int, default=None, help="epoch cap (early stopping on "
+                    "validation recall@20 after `patience` evaluations without improvement ends the "
+                    "run first; default: the model's cap, 1000, with its learning rate, L2 weight and "
+                    "patience from mmrecun_ray/training/defaults.py)")
     pt.add_argument("--set", action="append", metavar="KEY=VALUE",
                     help="loop setting (batch_size, learning_rate, seed, eval_every, max_steps, ...), "
                          "objective setting (reg_weight, patience) or model parameter "

@@ -367,8 +367,12 @@ def test_job_scripts_defaults_and_optional_settings(tmp_path):
     _, argv = run_script(JOBS / "unlearn.sh", {**FULL_ENV, "ALPHA": "0.25", "METHOD": "gold"}, [], tmp_path)
     assert argv[argv.index("--method") + 1] == "gold"
     assert argv[argv.index("--set") + 1] == "alpha=0.25"
+    _, argv = run_script(JOBS / "unlearn.sh", FULL_ENV, [], tmp_path)
+    assert "--method" not in argv  # the CLI's default (hir) decides
     _, argv = run_script(JOBS / "compare.sh", FULL_ENV, [], tmp_path)
-    assert argv[argv.index("--methods") + 1] == "mmrecun,gold,finetune,neggrad,sisa"
+    assert "--methods" not in argv
+    _, argv = run_script(JOBS / "compare.sh", {**FULL_ENV, "METHODS": "hir,gold"}, [], tmp_path)
+    assert argv[argv.index("--methods") + 1] == "hir,gold"
     _, argv = run_script(JOBS / "tune.sh", {**FULL_ENV, "SAMPLES": "16"}, [], tmp_path)
     assert argv[argv.index("--samples") + 1] == "16"
 
