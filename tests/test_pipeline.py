@@ -186,7 +186,7 @@ def test_compare_runs_every_method_against_a_gold_band(trained, data: str, tmp_p
     the affected shards, and the report judges every method against the band."""
     data = _fresh(data, tmp_path)
     out = tmp_path / "compare"
-    methods = "original,retain-graph,mmrecun,redraw,finetune,neggrad,sisa,gold"
+    methods = "original,retain-graph,hir,mmrecun,redraw,finetune,neggrad,sisa,gold"
     rc = main(["compare", "--model-uri", trained.model_uri, "--data", data, "--request", "users:10%",
                "--methods", methods, "--out", str(out), "--workers", "0", "--gold-seeds", "2",
                "--set", "max_steps=30", "--set", "shards=2"])
@@ -209,3 +209,20 @@ def test_compare_runs_every_method_against_a_gold_band(trained, data: str, tmp_p
     assert "Gold band (K=2)" in report and "Fold-in Recall@20" in report
     # an experiment: nothing recorded, the data still shows the pairs
     assert not (Path(data) / "ledger").exists() or not list((Path(data) / "ledger").glob("*.json"))
+
+
+def test_a_ddp_gold_band_runs_in_one_worker_group(trained, data: str, tmp_path: Path) -> None:
+    """With DDP workers and no room to run the Golds side by side, the band's Golds run one
+    after the other in one Ray Train run: two different seeds, two different models, each
+    a full retrain (its own early stop, no state carried from the first)."""
+    data = _fresh(data, tmp_path)
+    out = tmp_path / "band"
+    rc = main(["compare", "--model-uri", trained.model_uri, "--data", data, "--request", "users:10%",
+               "--methods", "original,gold", "--out", str(out), "--workers", "1",
+               "--cpus-per-worker", "1", "--gold-seeds", "2"])
+    assert rc == 0
+    rows = {r["method"]: r for r in json.loads((out / "metrics.json").read_text())["methods"]}
+    g0, g1 = rows["gold"], rows["gold-s1"]
+    assert g0["worker_group"] == g1["worker_group"] == "shared"
+    assert g0["seed"] != g1["seed"] and g0["epochs_run"] >= 2 and g1["epochs_run"] >= 2
+    assert g0["audit"]["values"] != g1["audit"]["values"]

@@ -66,13 +66,23 @@ def _applicable(names: list[str], model_uri: str) -> list[str]:
     return keep
 
 
-def cmd_unlearn(args: argparse.Namespace) -> int:
-    from mmrecun_ray.unlearning.service import run_methods
+def method_and_settings(args: argparse.Namespace) -> tuple[str, dict[str, Any]]:
+    """``(method, settings)`` of a one-method command: ``--method``, else the one
+    ``--config`` names, else :data:`DEFAULT_METHOD`; ``--set`` over ``--config``.
+
+    Raises:
+        ConfigError: ``--config`` holds another method's settings than ``--method``.
+    """
     cfg_method, sets = settings_from_args(args)
-    method = args.method or cfg_method or DEFAULT_METHOD
     if args.method and cfg_method and args.method != cfg_method:
         raise ConfigError(f"--config {args.config} holds settings of method {cfg_method!r}, "
                           f"--method is {args.method!r}")
+    return args.method or cfg_method or DEFAULT_METHOD, sets
+
+
+def cmd_unlearn(args: argparse.Namespace) -> int:
+    from mmrecun_ray.unlearning.service import run_methods
+    method, sets = method_and_settings(args)
     p = run_methods(args.model_uri, args.data, args.request, [method], args.out,
                     scaling(args, args.out), sets, seed=args.seed, command="unlearn",
                     record=not args.no_record, overwrite=args.overwrite)

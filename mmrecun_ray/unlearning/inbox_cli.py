@@ -6,10 +6,9 @@ from __future__ import annotations
 import argparse
 from typing import Any, Callable
 
-from mmrecun_ray.cliargs import scaling, settings_from_args
-from mmrecun_ray.errors import ConfigError
-from mmrecun_ray.unlearning.methods import DEFAULT_METHOD
-from mmrecun_ray.unlearning.methods import METHODS
+from mmrecun_ray.cliargs import scaling
+from mmrecun_ray.unlearning.cli import method_and_settings
+from mmrecun_ray.unlearning.methods import DEFAULT_METHOD, METHODS
 from mmrecun_ray.unlearning.policy import FALLBACKS, GOLD_MODES
 
 #: flag -> policy key (flags that are given override the --policy file)
@@ -33,11 +32,7 @@ def policy_overrides(args: argparse.Namespace) -> dict[str, Any]:
 def cmd_process(args: argparse.Namespace) -> int:
     from mmrecun_ray.unlearning.inbox import ProcessOptions, process
     from mmrecun_ray.unlearning.policy import load_policy
-    cfg_method, sets = settings_from_args(args)
-    method = args.method or cfg_method or DEFAULT_METHOD
-    if args.method and cfg_method and args.method != cfg_method:
-        raise ConfigError(f"--config {args.config} holds settings of method {cfg_method!r}, "
-                          f"--method is {args.method!r}")
+    method, sets = method_and_settings(args)
     opts = ProcessOptions(inbox=args.inbox, data_uri=args.data, out_uri=args.out,
                           model_uri=args.model_uri, method=method,
                           policy=load_policy(args.policy, policy_overrides(args)),

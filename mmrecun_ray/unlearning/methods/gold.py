@@ -5,11 +5,12 @@ objective from ``model.json``). The reference every method is judged against; a 
 
 from __future__ import annotations
 
+import copy
 import time
 from dataclasses import replace
 from typing import Any
 
-from mmrecun_ray.training.runner import run_loop
+from mmrecun_ray.training.runner import LoopJob, run_loop, run_loops
 from mmrecun_ray.unlearning.methods.base import (Job, Method, MethodResult, method_info, register,
                                                  retain_inputs)
 
@@ -49,13 +50,32 @@ def _concurrent(job: Job, k: int, trial_cpus: float) -> bool:
     return need <= float(ray.cluster_resources().get("CPU", 0.0))
 
 
+def _one_worker_group(job: Job, seeds: list[int]) -> list[MethodResult]:
+    """The Golds of ``seeds`` one after the other in ONE Ray Train run (one worker-group
+    start for the band, :func:`~mmrecun_ray.training.runner.run_loops`); each Gold's wall
+    time is its own loop's, the first one's with the start-up."""
+    cfg, fit = job.recipe()
+    inputs = retain_inputs(job, None)
+    jobs = [LoopJob(replace(cfg, seed=int(s)), copy.deepcopy(fit), inputs, {"train": job.retain_data},
+                    name=f"unlearn-gold-s{int(s)}") for s in seeds]
+    results = run_loops(jobs, job.scaling, name="unlearn-gold-band", callbacks=job.callbacks)
+    out = []
+    for s, lj, res in zip(seeds, jobs, results):
+        info = method_info(job, Gold.name, {"loop": lj.cfg.to_dict(), "objective": lj.objective.to_dict()})
+        out.append(MethodResult(Gold.name, res.state or {}, info, res.wall_seconds, res,
+                                extra={"seed": int(s), "concurrent": False, "worker_group": "shared"}))
+    return out
+
+
 def run_band(job: Job, seeds: list[int], export_dir: Any, trial_cpus: float = 0.1) -> list[MethodResult]:
     """Gold retrained once per seed: side by side as Ray Tune trials when the cluster has
     the CPUs for all of them at once (each trial one Ray Train run on ``job.scaling``'s
-    workers), else one after the other. ``export_dir(seed) -> model folder URI``: each
+    workers), else one after the other (with DDP workers: in one shared worker group). ``export_dir(seed) -> model folder URI``: each
     Gold is published there (by its trial when run in parallel) and the results carry
     ``extra["concurrent"]`` so that wall times of concurrent runs are read as such."""
     if not _concurrent(job, len(seeds), trial_cpus):
+        if job.scaling.workers >= 1 and len(seeds) > 1:
+            return _one_worker_group(job, seeds)
         out = []
         for s in seeds:
             res = Gold(seed=s).run(job)
