@@ -47,7 +47,7 @@ MODELS: dict[str, type[Recommender]] = {
 }
 
 __all__ = ["MODELS", "BatchRows", "ModelOutput", "Recommender", "build_model",
-           "model_param_defaults", "model_param_types", "model_names", "default_params",
+           "model_param_defaults", "model_param_types", "model_names",
            "MF", "VBPR", "LightGCN", "FREEDOM", "MGCN", "SISA"]
 
 
@@ -78,12 +78,6 @@ def model_param_types(name: str) -> dict[str, Any]:
 def model_param_defaults(name: str) -> dict[str, Any]:
     """Hyper-parameter name -> default of model ``name``'s constructor (a copy)."""
     return model_class(name).param_defaults()
-
-
-def default_params(name: str) -> dict[str, Any]:
-    """Deprecated alias of :func:`model_param_defaults` (no training settings any more:
-    see :func:`mmrecun_ray.training.defaults.training_defaults`)."""
-    return model_param_defaults(name)
 
 
 def build_model(name: str, n_users: int, n_items: int,
