@@ -3,12 +3,15 @@ batch size and objective, measured in one run.
 
     python bench/loop_overhead.py --data runs/data/lfm2k --model lightgcn --epochs 5
 
-Rows: plain PyTorch (in-process numpy batches, no Ray, the same :class:`Fit` loss and
-negative sampler), Ray Train local mode (Ray Data stream, no worker processes), Ray Train
+Rows: plain PyTorch (in-process numpy batches, no Ray, the same :class:`Fit` loss,
+negative sampler and per-epoch validation), Ray Train local mode (Ray Data stream, no worker processes), Ray Train
 with one worker holding every CPU, and with N DDP workers (``--cpus-per-worker`` each).
 Epoch time covers the optimisation steps only (``epoch_seconds`` reported by the loop;
-the first epoch dropped as warm-up), and separately the whole wall time including
-start-up and per-epoch validation. ``--models`` measures several models in one run and
+the first epoch dropped as warm-up: it is also the pass that streams the shard through Ray
+Data before the worker keeps it in memory, see ``LoopConfig.cache_rows``), as the median
+and the minimum over epochs (the minimum is the cost without interference from other
+processes on a shared machine), and separately the whole wall time including start-up,
+the first epoch and per-epoch validation. ``--models`` measures several models in one run and
 prints seconds per step against the graph's edge count (what ``--workers auto`` uses).
 """
 
@@ -36,7 +39,10 @@ from mmrecun_ray.training.train import loop_inputs, recipe, train_datasets  # no
 
 
 def plain_epochs(cfg: LoopConfig, fit: Fit, inputs: LoopInputs, epochs: int) -> list[float]:
-    """The same optimisation in a bare PyTorch loop; returns steps-only seconds per epoch."""
+    """The same optimisation in a bare PyTorch loop, with the loop's validation after every
+    epoch (a plain loop with early stopping validates too, and what validation leaves behind
+    in the allocator and caches slows the next epoch's first steps alike); returns steps-only
+    seconds per epoch."""
     device = torch.device("cpu")
     model, _ = build_start(cfg, fit, inputs, device)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.learning_rate)
@@ -59,30 +65,39 @@ def plain_epochs(cfg: LoopConfig, fit: Fit, inputs: LoopInputs, epochs: int) -> 
             loss.backward()
             opt.step()
         times.append(time.perf_counter() - t)
+        model.eval()  # the same per-epoch validation as the loop's (untimed, as there)
+        with torch.no_grad():
+            view.validate(model())
     return times
 
 
-def _steps_only(history: list[dict]) -> float:
-    ep = [h["epoch_seconds"] for h in history]
-    return float(np.median(ep[1:] if len(ep) > 1 else ep))
+def measure(data: str, model: str, epochs: int, variants: list[tuple[str, Scaling]],
+            repeats: int = 2) -> list[tuple[str, tuple[float, float], float]]:
+    """``(variant, steps-only s/epoch (median, min), wall s)`` rows, plain PyTorch first.
 
-
-def measure(data: str, model: str, epochs: int, variants: list[tuple[str, Scaling]]) -> list[tuple[str, float, float]]:
-    """``(variant, steps-only s/epoch median, wall s)`` rows, plain PyTorch first."""
+    The variants run interleaved, ``repeats`` rounds of plain, then each Ray variant, so a
+    drift of the machine's speed during the run (other jobs, CPU frequency) hits them all
+    alike; the epochs of all rounds (each round's first dropped) are pooled, wall is the
+    median of the rounds."""
     ds = load_dataset(data)
     cfg, fit = recipe(model, {"epochs": epochs, "patience": 10**6, "checkpoint_every": 10**6,
                               "report_every": 10**6})
     inputs = loop_inputs(ds)
-    rows = []
-    t0 = time.perf_counter()
-    plain = plain_epochs(cfg, fit, inputs, epochs)
-    rows.append(("plain PyTorch", float(np.median(plain[1:] if len(plain) > 1 else plain)),
-                 time.perf_counter() - t0))
     datasets = train_datasets(data)
-    for name, scaling in variants:
-        res = run_loop(cfg, fit, inputs, datasets, scaling, name="bench")
-        rows.append((name, _steps_only(res.history), res.wall_seconds))
-    return rows
+    names = ["plain PyTorch"] + [name for name, _ in variants]
+    epochs_of: dict[str, list[float]] = {n: [] for n in names}
+    walls: dict[str, list[float]] = {n: [] for n in names}
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        plain = plain_epochs(cfg, fit, inputs, epochs)
+        walls[names[0]].append(time.perf_counter() - t0)
+        epochs_of[names[0]] += plain[1:]
+        for name, scaling in variants:
+            res = run_loop(cfg, fit, inputs, datasets, scaling, name="bench")
+            epochs_of[name] += [h["epoch_seconds"] for h in res.history][1:]
+            walls[name].append(res.wall_seconds)
+    return [(n, (float(np.median(epochs_of[n])), float(np.min(epochs_of[n]))),
+             float(np.median(walls[n]))) for n in names]
 
 
 def main() -> int:
@@ -91,7 +106,8 @@ def main() -> int:
     p.add_argument("--model", default="lightgcn", help="model name (default: lightgcn)")
     p.add_argument("--models", default=None, help="comma-separated models: plain vs local mode "
                    "only, with seconds per step (overrides --model)")
-    p.add_argument("--epochs", type=int, default=5, help="epochs per variant (default: 5)")
+    p.add_argument("--epochs", type=int, default=5, help="epochs per variant and round (default: 5)")
+    p.add_argument("--repeats", type=int, default=2, help="interleaved rounds of all variants (default: 2)")
     p.add_argument("--workers", type=int, default=2, help="DDP workers of the distributed variant (0: skip)")
     p.add_argument("--cpus-per-worker", type=float, default=0.5, help="of the DDP variant (default: 0.5)")
     args = p.parse_args()
@@ -103,14 +119,16 @@ def main() -> int:
     if args.models:
         print(f"\n{args.data}: {len(ds.train)} train pairs = graph edges, {args.epochs} epochs, "
               f"load average {os.getloadavg()[0]:.1f}")
-        print("| model | batch | steps/epoch | plain s/step | local mode s/step | x plain |")
-        print("|---|---|---|---|---|---|")
+        print("| model | batch | steps/epoch | plain s/step | local mode s/step | x plain (median) | x plain (min) |")
+        print("|---|---|---|---|---|---|---|")
         for model in args.models.split(","):
             cfg, _ = recipe(model, {})
             steps = -(-len(ds.train) // cfg.batch_size)
-            rows = measure(args.data, model, args.epochs, [("local", Scaling(workers=0, storage_uri=storage))])
-            print(f"| {model} | {cfg.batch_size} | {steps} | {rows[0][1] / steps:.4f} | "
-                  f"{rows[1][1] / steps:.4f} | {rows[1][1] / rows[0][1]:.2f} |", flush=True)
+            rows = measure(args.data, model, args.epochs, [("local", Scaling(workers=0, storage_uri=storage))],
+                           args.repeats)
+            (pm, pn), (lm, ln) = rows[0][1], rows[1][1]
+            print(f"| {model} | {cfg.batch_size} | {steps} | {pm / steps:.4f} | "
+                  f"{lm / steps:.4f} | {lm / pm:.2f} | {ln / pn:.2f} |", flush=True)
         return 0
     variants = [("Ray Train local mode", Scaling(workers=0, storage_uri=storage)),
                 (f"Ray Train 1 worker ({cpus:g} CPUs)",
@@ -120,14 +138,15 @@ def main() -> int:
                          Scaling(workers=args.workers, cpus_per_worker=args.cpus_per_worker,
                                  storage_uri=storage)))
     load0 = os.getloadavg()[0]
-    rows = measure(args.data, args.model, args.epochs, variants)
-    base = rows[0][1]
-    print(f"\n{args.model} on {args.data} ({len(ds.train)} train pairs), {args.epochs} epochs, "
+    rows = measure(args.data, args.model, args.epochs, variants, args.repeats)
+    base_med, base_min = rows[0][1]
+    print(f"\n{args.model} on {args.data} ({len(ds.train)} train pairs), {args.epochs} epochs x "
+          f"{args.repeats} rounds, torch threads {torch.get_num_threads()}, "
           f"load average {load0:.1f} -> {os.getloadavg()[0]:.1f}")
-    print("| variant | s/epoch (median, steps only) | x plain | wall s (start-up + eval incl.) |")
-    print("|---|---|---|---|")
-    for name, sec, wall in rows:
-        print(f"| {name} | {sec:.3f} | {sec / base:.2f} | {wall:.1f} |")
+    print("| variant | s/epoch median | x plain | s/epoch min | x plain | wall s (start-up + eval incl.) |")
+    print("|---|---|---|---|---|---|")
+    for name, (med, low), wall in rows:
+        print(f"| {name} | {med:.3f} | {med / base_med:.2f} | {low:.3f} | {low / base_min:.2f} | {wall:.1f} |")
     return 0
 
 

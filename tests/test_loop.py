@@ -97,3 +97,63 @@ def test_checkpoints_refuse_anything_but_tensors(tmp_path: Path) -> None:
         load_checkpoint(bad)
     assert not (tmp_path / "pwned").exists()
     assert Verdict().stop is False
+
+
+class _NoStream:
+    """A dataset shard that must not be read again (a later pass served from memory)."""
+
+    def iter_torch_batches(self, **kwargs):
+        raise AssertionError("the shard was streamed again")
+
+
+def _pass(view, epoch: int, stop_after: int | None = None) -> np.ndarray:
+    """The ``(n, 2)`` (user, item) rows of one epoch pass, in order."""
+    rows = []
+    for b, batch in enumerate(view.epoch("train", epoch)):
+        rows.append(torch.stack([batch["user_id"], batch["item_id"]], 1).numpy())
+        if stop_after is not None and b + 1 >= stop_after:
+            break
+    return np.concatenate(rows)
+
+
+def test_a_worker_keeps_its_shard_after_the_first_full_pass(tiny, ray_session) -> None:
+    """Later epochs are in-memory permutations of exactly the streamed rows (no Ray Data
+    run per epoch), reshuffled each epoch and the same for the same seed; a pass cut short
+    is never kept; ``cache_rows=0`` (or a shard over the limit) streams every pass."""
+    import ray.data
+    from mmrecun_ray.training.loop import View, make_sampler
+    inputs = loop_inputs(tiny)
+    table = {"user_id": tiny.train.user.astype(np.int64), "item_id": tiny.train.item.astype(np.int64)}
+    truth = np.sort(tiny.train.user.astype(np.int64) * tiny.n_items + tiny.train.item)
+
+    def view(cache_rows: int):
+        cfg = LoopConfig(model="mf", batch_size=64, cache_rows=cache_rows)
+        ds = ray.data.from_items([{"user_id": int(u), "item_id": int(i)}
+                                  for u, i in zip(table["user_id"], table["item_id"])])
+        return View(inputs, cfg, 0, 1, torch.device("cpu"), make_sampler(inputs, 0),
+                    shards={"train": ds.iterator()})
+
+    def keys(rows: np.ndarray) -> np.ndarray:
+        return np.sort(rows[:, 0] * tiny.n_items + rows[:, 1])
+
+    v = view(10**6)
+    partial = _pass(v, 0, stop_after=2)
+    assert 0 < len(partial) < len(truth)
+    first = _pass(v, 0)  # the partial pass was not kept: this one streams
+    np.testing.assert_array_equal(keys(first), truth)
+    v.shards["train"] = _NoStream()
+    second, third = _pass(v, 1), _pass(v, 2)
+    np.testing.assert_array_equal(keys(second), truth)
+    np.testing.assert_array_equal(keys(third), truth)
+    assert (second != third).any(axis=1).mean() > 0.5
+    v2 = view(10**6)
+    _pass(v2, 0)
+    np.testing.assert_array_equal(_pass(v2, 1), second)
+    assert len(list(v.epoch("train", 1))) == -(-len(truth) // 64)  # ceil(n / batch) steps
+
+    for limit in (0, len(truth) - 1):
+        v3 = view(limit)
+        np.testing.assert_array_equal(keys(_pass(v3, 0)), truth)
+        v3.shards["train"] = _NoStream()
+        with pytest.raises(AssertionError, match="streamed again"):
+            _pass(v3, 1)

@@ -32,6 +32,9 @@ class LoopConfig:
         eval_every: epochs between evaluations (validation + the objective's verdict).
         max_steps: optional budget in optimizer steps.
         shuffle_buffer: local shuffle buffer of the Ray Data streams.
+        cache_rows: a worker keeps its shard of a stream in memory after the first full
+            pass when the shard has at most this many rows (then every later pass is an
+            in-memory permutation, no Ray Data execution); 0 streams every pass.
         eval_ks: cut-offs of the evaluation metrics.
         checkpoint_every / report_every: evaluations between checkpoints / reports to Ray
             Train (the last evaluation always checkpoints).
@@ -47,6 +50,7 @@ class LoopConfig:
     eval_every: int = 1
     max_steps: int | None = None
     shuffle_buffer: int = 20_000
+    cache_rows: int = 20_000_000
     eval_ks: tuple[int, ...] = (10, 20, 50)
     checkpoint_every: int = 10
     report_every: int = 5
@@ -61,6 +65,8 @@ class LoopConfig:
             raise ConfigError("eval_every must be positive")
         if self.max_steps is not None and self.max_steps <= 0:
             raise ConfigError("max_steps must be positive (or null)")
+        if self.cache_rows < 0:
+            raise ConfigError(f"cache_rows must be >= 0, got {self.cache_rows}")
         self.eval_ks = tuple(int(k) for k in self.eval_ks)
 
     def to_dict(self) -> dict[str, Any]:

@@ -138,6 +138,7 @@ class View:
     shards: dict[str, Any] = field(default_factory=dict)
     forget: ForgetPairs | None = None
     _streams: dict[tuple[str, int], Iterator[dict[str, torch.Tensor]]] = field(default_factory=dict)
+    _cache: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         i = self.inputs
@@ -153,10 +154,44 @@ class View:
         return self.cfg.eval_ks
 
     def _batches(self, name: str, batch_size: int, seed: int) -> Iterator[dict[str, torch.Tensor]]:
+        """Batches of this worker's shard of ``name``, shuffled with ``seed``.
+
+        The first full pass streams the shard through Ray Data (local shuffle buffer) and,
+        when it has at most ``cfg.cache_rows`` rows, keeps its columns on ``device``;
+        later passes draw a full permutation of the kept rows (``torch.randperm`` seeded
+        with ``seed``): no Ray Data execution per epoch. The rows a worker keeps are the
+        ones Ray Train's split gave it on that pass (equal counts on every rank, so every
+        rank takes the same number of steps)."""
+        cached = self._cache.get(name)
+        if cached is not None:
+            yield from self._cached_batches(cached, batch_size, seed)
+            return
+        keep, rows = self.cfg.cache_rows > 0, 0
+        parts: dict[str, list[torch.Tensor]] = {}
         for batch in self.shards[name].iter_torch_batches(
                 batch_size=batch_size, dtypes=torch.int64,
                 local_shuffle_buffer_size=self.cfg.shuffle_buffer, local_shuffle_seed=seed):
-            yield {k: v.to(self.device) for k, v in batch.items()}
+            batch = {k: v.to(self.device) for k, v in batch.items()}
+            if keep:
+                rows += next(iter(batch.values())).shape[0]
+                keep = rows <= self.cfg.cache_rows
+                if keep:  # a copy: Ray Data's buffers may be reused once handed on
+                    for k, v in batch.items():
+                        parts.setdefault(k, []).append(v.clone())
+                else:
+                    parts.clear()
+            yield batch
+        if keep and parts:
+            self._cache[name] = {k: torch.cat(v) for k, v in parts.items()}
+
+    def _cached_batches(self, cols: dict[str, torch.Tensor], batch_size: int,
+                        seed: int) -> Iterator[dict[str, torch.Tensor]]:
+        """``ceil(n / batch_size)`` batches of a random permutation of the ``(n,)`` columns."""
+        n = next(iter(cols.values())).shape[0]
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(int(seed))).to(self.device)
+        for start in range(0, n, batch_size):
+            idx = perm[start:start + batch_size]
+            yield {k: v[idx] for k, v in cols.items()}
 
     def epoch(self, name: str, epoch: int) -> Iterator[dict[str, torch.Tensor]]:
         """One pass over this worker's shard of ``name`` (reshuffled per epoch)."""
@@ -174,6 +209,7 @@ class View:
         for gen in self._streams.values():
             gen.close()
         self._streams.clear()
+        self._cache.clear()
 
     def _cycle(self, name: str, batch_size: int) -> Iterator[dict[str, torch.Tensor]]:
         seed = self.cfg.seed * 1000 + self.worker
