@@ -72,7 +72,7 @@ def plain_epochs(cfg: LoopConfig, fit: Fit, inputs: LoopInputs, epochs: int) -> 
 
 
 def measure(data: str, model: str, epochs: int, variants: list[tuple[str, Scaling]],
-            repeats: int = 2) -> list[tuple[str, tuple[float, float], float]]:
+            repeats: int = 2, cache_rows: int | None = None) -> list[tuple[str, tuple[float, float], float]]:
     """``(variant, steps-only s/epoch (median, min), wall s)`` rows, plain PyTorch first.
 
     The variants run interleaved, ``repeats`` rounds of plain, then each Ray variant, so a
@@ -80,8 +80,10 @@ def measure(data: str, model: str, epochs: int, variants: list[tuple[str, Scalin
     alike; the epochs of all rounds (each round's first dropped) are pooled, wall is the
     median of the rounds."""
     ds = load_dataset(data)
-    cfg, fit = recipe(model, {"epochs": epochs, "patience": 10**6, "checkpoint_every": 10**6,
-                              "report_every": 10**6})
+    sets = {"epochs": epochs, "patience": 10**6, "checkpoint_every": 10**6, "report_every": 10**6}
+    if cache_rows is not None:
+        sets["cache_rows"] = cache_rows
+    cfg, fit = recipe(model, sets)
     inputs = loop_inputs(ds)
     datasets = train_datasets(data)
     names = ["plain PyTorch"] + [name for name, _ in variants]
@@ -107,6 +109,9 @@ def main() -> int:
     p.add_argument("--models", default=None, help="comma-separated models: plain vs local mode "
                    "only, with seconds per step (overrides --model)")
     p.add_argument("--epochs", type=int, default=5, help="epochs per variant and round (default: 5)")
+    p.add_argument("--cache-rows", type=int, default=None,
+                   help="LoopConfig.cache_rows of the Ray variants (0: stream every epoch through "
+                        "Ray Data, the loop before shards were kept; default: the loop's)")
     p.add_argument("--repeats", type=int, default=2, help="interleaved rounds of all variants (default: 2)")
     p.add_argument("--workers", type=int, default=2, help="DDP workers of the distributed variant (0: skip)")
     p.add_argument("--cpus-per-worker", type=float, default=0.5, help="of the DDP variant (default: 0.5)")
@@ -138,10 +143,11 @@ def main() -> int:
                          Scaling(workers=args.workers, cpus_per_worker=args.cpus_per_worker,
                                  storage_uri=storage)))
     load0 = os.getloadavg()[0]
-    rows = measure(args.data, args.model, args.epochs, variants, args.repeats)
+    rows = measure(args.data, args.model, args.epochs, variants, args.repeats, args.cache_rows)
     base_med, base_min = rows[0][1]
     print(f"\n{args.model} on {args.data} ({len(ds.train)} train pairs), {args.epochs} epochs x "
-          f"{args.repeats} rounds, torch threads {torch.get_num_threads()}, "
+          f"{args.repeats} rounds, torch threads {torch.get_num_threads()}, cache_rows "
+          f"{'default' if args.cache_rows is None else args.cache_rows}, "
           f"load average {load0:.1f} -> {os.getloadavg()[0]:.1f}")
     print("| variant | s/epoch median | x plain | s/epoch min | x plain | wall s (start-up + eval incl.) |")
     print("|---|---|---|---|---|---|")
