@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from mmrecun_ray.data.dataset import interactions_dataset, read_manifest
+from mmrecun_ray.data.dataset import read_manifest
 from mmrecun_ray.data.schema import RecDataset
 from mmrecun_ray.errors import ConfigError
 from mmrecun_ray.evaluation.evaluate import KS, embeddings, evaluate_embeddings
@@ -35,7 +35,7 @@ from mmrecun_ray.storage import join, read_json, write_json_atomic
 from mmrecun_ray.storage.uri import to_jsonable
 from mmrecun_ray.training.export import (ModelInfo, build_from_state, export_model, load_model,
                                          read_model_info, read_optimizer, read_state)
-from mmrecun_ray.training.runner import Scaling, ensure_ray
+from mmrecun_ray.training.runner import Scaling
 from mmrecun_ray.unlearning import lifecycle
 from mmrecun_ray.unlearning.audit import AuditContext, AuditResult, audit_model, track_peak_rss
 from mmrecun_ray.unlearning.methods import Job, Method, MethodResult, build_methods
@@ -165,8 +165,7 @@ def run_methods(model_uri: str, data_uri: str, spec: str, methods: list[str], ou
     if p.reached("done"):
         logger.info("%s: job already done (request %s); nothing to do", out_uri, p.request_id)
         return read_json(join(out_uri, "metrics.json"))
-    # -- 1-2. accept, publish the retain version ----------------------------------------------
-    ensure_ray()
+    # -- 1-2. accept, publish the retain version (Ray starts when a method first trains) -------
     lifecycle.begin(p)
     lifecycle.accept(p)
     lifecycle.publish_retain(p)
@@ -175,7 +174,7 @@ def run_methods(model_uri: str, data_uri: str, spec: str, methods: list[str], ou
     ref = reference_valid_recall(model_uri, prep)
     job = Job(model_uri=model_uri, info=info, state=state, optimizer=optimizer, fset=fset,
               retain_uri=p.retain_uri,
-              retain_data=interactions_dataset(p.retain_uri, "train").materialize(),
+              retain_data=None,
               scaling=scaling, reference_valid_recall=ref, honoured=sorted(p.original.honoured),
               retain_hash=read_manifest(p.retain_uri).content_hash())
     ctx = AuditContext.build(fset, p.original, seed=0)

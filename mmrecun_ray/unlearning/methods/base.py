@@ -19,11 +19,12 @@ import pyarrow as pa
 import ray.data
 
 from mmrecun_ray.config import build, field_types
+from mmrecun_ray.data.dataset import interactions_dataset
 from mmrecun_ray.errors import ConfigError
 from mmrecun_ray.objectives import Fit
 from mmrecun_ray.training.config import LoopConfig, LoopInputs
 from mmrecun_ray.training.export import ModelInfo
-from mmrecun_ray.training.runner import LoopResult, Scaling
+from mmrecun_ray.training.runner import LoopResult, Scaling, ensure_ray
 from mmrecun_ray.training.train import loop_inputs, recipe_of
 from mmrecun_ray.unlearning.requests import ForgetSet
 
@@ -41,7 +42,9 @@ class Job:
         optimizer: its Adam state (numpy), or None (older exports, SISA).
         fset: the resolved request (D_f, D_r, banned items, dropped features).
         retain_uri: the published retain version.
-        retain_data: D_r's training pairs as a (materialised) Ray Dataset.
+        retain_data: D_r's training pairs as a (materialised) Ray Dataset, or None until a
+            method asks for it (:meth:`retain_dataset`): a run whose methods never train
+            (``hir``, the reference rows) starts no Ray at all.
         scaling: how to run the loop (workers, GPUs, storage).
         reference_valid_recall: the trained model's validation Recall@20 on the retain
             graph (the level a never-seen positive of a known user reaches).
@@ -67,6 +70,14 @@ class Job:
     def recipe(self) -> tuple[LoopConfig, Fit]:
         """The recipe the model was trained with."""
         return recipe_of(self.info)
+
+    def retain_dataset(self) -> ray.data.Dataset:
+        """D_r's training pairs (``user_id``, ``item_id``) as a materialised Ray Dataset,
+        read from ``retain_uri`` on first use (local Ray started then) and kept."""
+        if self.retain_data is None:
+            ensure_ray()
+            self.retain_data = interactions_dataset(self.retain_uri, "train").materialize()
+        return self.retain_data
 
 
 @dataclass
@@ -159,6 +170,7 @@ def pairs_dataset(user: np.ndarray, item: np.ndarray,
                   ref: np.ndarray | None = None) -> ray.data.Dataset:
     """``(F,)`` pairs as a Ray Dataset (``user_id``, ``item_id`` and, when given, each pair's
     reference item ``ref_item``) in the object store."""
+    ensure_ray()  # never Ray Data's implicit ray.init (it could join a stranger's cluster)
     cols = {"user_id": np.asarray(user, dtype=np.int64), "item_id": np.asarray(item, dtype=np.int64)}
     if ref is not None:
         cols["ref_item"] = np.asarray(ref, dtype=np.int64)

@@ -38,7 +38,7 @@ class Finetune(Method):
                       eval_every=max(1, epochs // 5))
         objective = replace(fit, patience=10**6)
         res = run_loop(cfg, objective, retain_inputs(job, job.state, job.optimizer),
-                       {"train": job.retain_data}, job.scaling, name=f"unlearn-{self.name}",
+                       {"train": job.retain_dataset()}, job.scaling, name=f"unlearn-{self.name}",
                        callbacks=job.callbacks)
         info = method_info(job, self.name, {"loop": cfg.to_dict(), "objective": objective.to_dict(),
                                             "settings": settings_dict(s)})

@@ -10,7 +10,7 @@ import time
 from dataclasses import replace
 from typing import Any
 
-from mmrecun_ray.training.runner import LoopJob, run_loop, run_loops
+from mmrecun_ray.training.runner import LoopJob, ensure_ray, run_loop, run_loops
 from mmrecun_ray.unlearning.methods.base import (Job, Method, MethodResult, method_info, register,
                                                  retain_inputs)
 
@@ -34,7 +34,7 @@ class Gold(Method):
         cfg, fit = job.recipe()
         if self.seed is not None:
             cfg = replace(cfg, seed=int(self.seed))
-        res = run_loop(cfg, fit, retain_inputs(job, None), {"train": job.retain_data}, job.scaling,
+        res = run_loop(cfg, fit, retain_inputs(job, None), {"train": job.retain_dataset()}, job.scaling,
                        name=f"unlearn-gold-s{cfg.seed}", callbacks=job.callbacks)
         info = method_info(job, self.name, {"loop": cfg.to_dict(), "objective": fit.to_dict()})
         return MethodResult(self.name, res.state or {}, info, time.perf_counter() - t0, res,
@@ -46,6 +46,7 @@ def _concurrent(job: Job, k: int, trial_cpus: float) -> bool:
     import ray
     if job.scaling.workers < 1 or k < 2:
         return False
+    ensure_ray()
     need = k * (job.scaling.workers * job.scaling.cpus_per_worker + trial_cpus)
     return need <= float(ray.cluster_resources().get("CPU", 0.0))
 
@@ -56,7 +57,7 @@ def _one_worker_group(job: Job, seeds: list[int]) -> list[MethodResult]:
     time is its own loop's, the first one's with the start-up."""
     cfg, fit = job.recipe()
     inputs = retain_inputs(job, None)
-    jobs = [LoopJob(replace(cfg, seed=int(s)), copy.deepcopy(fit), inputs, {"train": job.retain_data},
+    jobs = [LoopJob(replace(cfg, seed=int(s)), copy.deepcopy(fit), inputs, {"train": job.retain_dataset()},
                     name=f"unlearn-gold-s{int(s)}") for s in seeds]
     results = run_loops(jobs, job.scaling, name="unlearn-gold-band", callbacks=job.callbacks)
     out = []
@@ -86,6 +87,7 @@ def run_band(job: Job, seeds: list[int], export_dir: Any, trial_cpus: float = 0.
 
     from mmrecun_ray.training.export import export_model, read_state
     dirs = {s: export_dir(s) for s in seeds}
+    job.retain_dataset()  # read once here; every trial gets the materialised dataset
 
     def trial(config: dict[str, Any], job: Job) -> None:
         res = Gold(seed=int(config["seed"])).run(job)

@@ -120,7 +120,7 @@ class MMRecUN(Method):
                 res = LoopResult.of(ret, ret["state"], time.perf_counter() - t0)
         if res is None:
             datasets = {"forget": pairs_dataset(job.fset.forget.user, job.fset.forget.item),
-                        "train": job.retain_data}
+                        "train": job.retain_dataset()}
             res = run_loop(cfg, objective, inputs, datasets, job.scaling, name=f"unlearn-{self.name}",
                            callbacks=job.callbacks)
         info = method_info(job, self.name, {"loop": cfg.to_dict(), "objective": objective.to_dict(),

@@ -56,7 +56,7 @@ def _train_shard(k: int, cfg: LoopConfig, fit: Fit, job: Job, shard: np.ndarray)
     inputs.known_keys = r.train.keys(r.n_items)[tm]
     inputs.valid_user, inputs.valid_item = r.valid.user[vm].astype(np.int64), r.valid.item[vm].astype(np.int64)
     inputs.forget_user = inputs.forget_item = None
-    res = run_loop(cfg, fit, inputs, {"train": _shard_data(job.retain_data, shard, k)}, job.scaling,
+    res = run_loop(cfg, fit, inputs, {"train": _shard_data(job.retain_dataset(), shard, k)}, job.scaling,
                    name=f"sisa-shard{k}")
     return res.state or {}
 
