@@ -10,7 +10,9 @@ import time
 from dataclasses import replace
 from typing import Any
 
-from mmrecun_ray.training.runner import LoopJob, ensure_ray, run_loop, run_loops
+from mmrecun_ray.objectives import Fit
+from mmrecun_ray.training.config import LoopConfig
+from mmrecun_ray.training.runner import LoopJob, LoopResult, ensure_ray, run_loop, run_loops
 from mmrecun_ray.unlearning.methods.base import (Job, Method, MethodResult, method_info, register,
                                                  retain_inputs)
 
@@ -36,9 +38,14 @@ class Gold(Method):
             cfg = replace(cfg, seed=int(self.seed))
         res = run_loop(cfg, fit, retain_inputs(job, None), {"train": job.retain_dataset()}, job.scaling,
                        name=f"unlearn-gold-s{cfg.seed}", callbacks=job.callbacks)
-        info = method_info(job, self.name, {"loop": cfg.to_dict(), "objective": fit.to_dict()})
-        return MethodResult(self.name, res.state or {}, info, time.perf_counter() - t0, res,
-                            extra={"seed": cfg.seed})
+        return _gold_result(job, cfg, fit, res, time.perf_counter() - t0, {})
+
+
+def _gold_result(job: Job, cfg: LoopConfig, fit: Fit, res: LoopResult, wall: float,
+                 extra: dict[str, Any]) -> MethodResult:
+    """A Gold run's result: its model.json records the retrain's loop and objective."""
+    info = method_info(job, Gold.name, {"loop": cfg.to_dict(), "objective": fit.to_dict()})
+    return MethodResult(Gold.name, res.state or {}, info, wall, res, extra={"seed": cfg.seed, **extra})
 
 
 def _concurrent(job: Job, k: int, trial_cpus: float) -> bool:
@@ -60,12 +67,9 @@ def _one_worker_group(job: Job, seeds: list[int]) -> list[MethodResult]:
     jobs = [LoopJob(replace(cfg, seed=int(s)), copy.deepcopy(fit), inputs, {"train": job.retain_dataset()},
                     name=f"unlearn-gold-s{int(s)}") for s in seeds]
     results = run_loops(jobs, job.scaling, name="unlearn-gold-band", callbacks=job.callbacks)
-    out = []
-    for s, lj, res in zip(seeds, jobs, results):
-        info = method_info(job, Gold.name, {"loop": lj.cfg.to_dict(), "objective": lj.objective.to_dict()})
-        out.append(MethodResult(Gold.name, res.state or {}, info, res.wall_seconds, res,
-                                extra={"seed": int(s), "concurrent": False, "worker_group": "shared"}))
-    return out
+    return [_gold_result(job, lj.cfg, lj.objective, res, res.wall_seconds,
+                         {"concurrent": False, "worker_group": "shared"})
+            for lj, res in zip(jobs, results)]
 
 
 def run_band(job: Job, seeds: list[int], export_dir: Any, trial_cpus: float = 0.1) -> list[MethodResult]:
