@@ -130,7 +130,7 @@ def main() -> int:
             cfg, _ = recipe(model, {})
             steps = -(-len(ds.train) // cfg.batch_size)
             rows = measure(args.data, model, args.epochs, [("local", Scaling(workers=0, storage_uri=storage))],
-                           args.repeats)
+                           args.repeats, args.cache_rows)
             (pm, pn), (lm, ln) = rows[0][1], rows[1][1]
             print(f"| {model} | {cfg.batch_size} | {steps} | {pm / steps:.4f} | "
                   f"{lm / steps:.4f} | {lm / pm:.2f} | {ln / pn:.2f} |", flush=True)
