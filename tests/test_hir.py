@@ -22,9 +22,9 @@ from mmrecun_ray.objectives import NegativeSampler, bpr_loss
 from mmrecun_ray.training.config import LoopConfig
 from mmrecun_ray.training.export import ModelInfo, build_from_state
 from mmrecun_ray.training.runner import Scaling
-from mmrecun_ray.unlearning.influence import (DampedRows, KnownItems, final_embeddings,
-                                              forget_gradient, grouped_auc, is_linear_map,
-                                              make_calibrator, retain_curvature)
+from mmrecun_ray.unlearning.influence import (DampedRows, KnownItems, choose_damping,
+                                              final_embeddings, forget_gradient, grouped_auc,
+                                              is_linear_map, make_calibrator, retain_curvature)
 from mmrecun_ray.unlearning.methods import Job, MethodResult, build_methods
 from mmrecun_ray.unlearning.methods.hir import HIR
 from mmrecun_ray.unlearning.requests import ForgetSet, parse_request, resolve_request
@@ -101,6 +101,22 @@ def test_retain_curvature_is_the_hessian_of_the_sampled_retain_loss_per_row() ->
         torch.testing.assert_close(h_i[r], row_hessian(1, int(i)), rtol=1e-4, atol=1e-5)
     for r, u in enumerate(user_rows):
         torch.testing.assert_close(h_u[r], row_hessian(0, int(u)), rtol=1e-4, atol=1e-5)
+
+
+def test_damping_choice_reads_the_curve_from_the_top_down_to_the_first_crossing() -> None:
+    """What the lazy scan of ``calibrate`` relies on: points below the first crossing (from
+    the most damping down) never change the choice; without a crossing the floor rule."""
+    ks = [0.1, 0.2, 0.4, 0.8, 1.6]
+    stats, ses = [0.45, 0.40, 0.48, 0.60, 0.70], [0.01] * 5
+    kappa, how = choose_damping(ks, stats, ses, 0.5)
+    assert how == "crossing"
+    # log-linear between 0.4 (0.48) and 0.8 (0.60): 0.02 / 0.12 of the way down from 0.8
+    assert kappa == pytest.approx(float(np.exp(np.log(0.8) + (0.10 / 0.12) * np.log(0.5))))
+    assert choose_damping(ks[2:], stats[2:], ses[2:], 0.5) == (kappa, how)
+    assert choose_damping(ks, [0.9] + stats[1:], ses, 0.5) == (kappa, how)
+    assert choose_damping(ks, [0.2] * 5, ses, 0.5)[0] == 1.6     # top already at the target
+    kappa, how = choose_damping(ks, [0.60, 0.55, 0.56, 0.57, 0.70], ses, 0.5)
+    assert how.startswith("no crossing") and kappa == 0.4      # within 1 s.e. of 0.55
 
 
 def test_grouped_auc_counts_within_group_wins_with_half_ties() -> None:
@@ -204,7 +220,11 @@ def test_users_request_calibration_brings_the_statistic_to_one_half(users_run) -
     assert abs(after[0] - 0.5) < 0.03, after
     assert diag["kappa_how"] == "crossing"
     assert abs(diag["stat_after"] - after[0]) < 1e-9
-    assert len(diag["curve"]) == 16
+    # the scan ran from the most damping down and stopped at its first point at the target
+    ks, stats = [c[0] for c in diag["curve"]], [c[1] for c in diag["curve"]]
+    assert ks == sorted(ks) and 2 <= len(ks) < 16 and ks[-1] == pytest.approx(20.0)
+    assert stats[0] <= 0.5 < min(stats[1:]), stats
+    assert ks[0] <= diag["kappa"] <= ks[1]
 
 
 def test_users_request_moves_item_rows_only_and_keeps_retain_users(users_run) -> None:
@@ -246,6 +266,27 @@ def test_items_and_interactions_requests_are_calibrated(tiny, lightgcn, spec) ->
         assert res.extra["reset_items"] == banned.size
         assert not np.allclose(res.state["item_embedding.weight"][banned],
                                job.state["item_embedding.weight"][banned])
+
+
+def test_items_statistic_on_sampled_candidates_tracks_the_exact_one(tiny, lightgcn) -> None:
+    """``max_candidates``: a user's percentile among uniform catalogue draws instead of every
+    item. On the trained model and on HIR's result the sampled statistic (m = 64 of 200
+    items) stays within a quarter of the exact one's distance to 1/2, and it is not the
+    exact computation in disguise."""
+    job = _job(tiny, lightgcn, "lightgcn", "items:5%")
+    fset, held = job.fset, job.fset.held_out_removed
+
+    def stat(state: dict[str, np.ndarray], m: int) -> float:
+        cal = make_calibrator(fset.retain, fset.forget.user, fset.forget.item, "items",
+                              fset.banned_items, (held.user, held.item), max_candidates=m)
+        return cal(*_finals(job, state))[0]
+    trained = (stat(job.state, 0), stat(job.state, 64))
+    assert trained[0] > 0.56 and trained[0] != trained[1], trained
+    assert abs(trained[1] - trained[0]) < 0.25 * (trained[0] - 0.5), trained
+    assert stat(job.state, 1000) == trained[0]                 # no smaller than the catalogue
+    fixed = HIR(HIR.Settings(calibration_candidates=64)).run(job)
+    after = (stat(fixed.state, 0), stat(fixed.state, 64))
+    assert abs(after[1] - 0.5) < 0.03 and abs(after[0] - 0.5) < 0.03, after
 
 
 def test_freedom_is_realised_through_its_non_symmetric_map(tiny) -> None:

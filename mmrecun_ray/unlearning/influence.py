@@ -462,12 +462,17 @@ class Calibrator:
         splits, foldin_ridge, seed: halvings averaged, attacker ridge relative to mean
             ``|F|^2``, seed of the halvings.
         user_weight: ``(n_users,)`` weights of the train users of ``items`` units.
+        max_candidates: ``items`` only: a user's percentile is taken among this many
+            uniform draws of the catalogue (known and withdrawn draws discarded; fixed per
+            calibrator) instead of every item; 0 or a catalogue no larger: every item.
     """
 
     def __init__(self, kind: str, fu: np.ndarray, fi: np.ndarray, hu: np.ndarray, hi: np.ndarray,
                  retain_known: KnownItems, active: np.ndarray, splits: int, foldin_ridge: float,
-                 seed: int, user_weight: np.ndarray | None = None) -> None:
-        self.kind, self.active = kind, torch.from_numpy(active)
+                 seed: int, user_weight: np.ndarray | None = None,
+                 max_candidates: int = 0) -> None:
+        self.kind, self.active, self.seed = kind, torch.from_numpy(active), seed
+        self.max_candidates = max_candidates
         self.known, self.ridge = retain_known, foldin_ridge
         self.user_weight = None if user_weight is None else torch.from_numpy(user_weight)
         self.pairs = tuple(torch.from_numpy(np.asarray(x, np.int64)) for x in (fu, fi, hu, hi))
@@ -512,9 +517,12 @@ class Calibrator:
             num, den = num + nu, den + de
         return ratio_and_se(num, den) if self.halves else (float("nan"), float("nan"))
 
-    def _candidates(self, n_users: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Users involved in the ``items`` statistic, their row map, candidate masks
-        ``(U, n_items)`` (active items they do not know) and candidate counts ``(U,)``."""
+    def _candidates(self, n_users: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None,
+                                                 torch.Tensor, torch.Tensor]:
+        """Users involved in the ``items`` statistic ``(U,)``, their row map ``(n_users,)``,
+        the candidate items scored per user (``None``: every item; else ``(U, m)`` uniform
+        draws, the same for every model), the candidate mask (``(U, n_items)`` or
+        ``(U, m)``: active and not known to the user) and candidate counts ``(U,)``."""
         if self._items_cache is None:
             inv = torch.unique(torch.cat([torch.cat([hv.b, hv.h]) for hv in self.halves]))
             row = torch.full((n_users,), -1, dtype=torch.long)
@@ -522,15 +530,24 @@ class Calibrator:
             mask = self.active[None, :].repeat(inv.numel(), 1)
             for r, u in enumerate(inv.tolist()):
                 mask[r, torch.from_numpy(self.known.of(u))] = False
-            self._items_cache = (inv, row, mask, mask.sum(1))
+            draws = None
+            if 0 < self.max_candidates < mask.shape[1]:
+                gen = torch.Generator().manual_seed(self.seed + 11)
+                draws = torch.randint(0, mask.shape[1], (inv.numel(), self.max_candidates),
+                                      generator=gen)
+                mask = mask.gather(1, draws)
+            self._items_cache = (inv, row, draws, mask, mask.sum(1).clamp_min(1))
         return self._items_cache
 
     def _items(self, f_u: torch.Tensor, f_i: torch.Tensor) -> tuple[float, float]:
         if not self.halves:
             return float("nan"), float("nan")
-        inv, row, mask, n_cand = self._candidates(f_u.shape[0])
+        inv, row, draws, mask, n_cand = self._candidates(f_u.shape[0])
         us = f_u[inv]
-        cand = torch.where(mask, us @ f_i.T, torch.tensor(float("inf"), dtype=f_u.dtype))
+        scores = us @ f_i.T                                        # (U, n_items)
+        if draws is not None:
+            scores = scores.gather(1, draws)                       # (U, m)
+        cand = torch.where(mask, scores, torch.tensor(float("inf"), dtype=f_u.dtype))
         weight = self.user_weight if self.user_weight is not None else torch.ones(f_u.shape[0])
         num = den = 0.0
         for hv in self.halves:
@@ -547,14 +564,16 @@ class Calibrator:
 
 def make_calibrator(retain: RecDataset, forget_user: np.ndarray, forget_item: np.ndarray,
                     kind: str, banned_items: np.ndarray, held_out: tuple[np.ndarray, np.ndarray] | None,
-                    splits: int = 4, foldin_ridge: float = 1e-3, seed: int = 0) -> Calibrator:
+                    splits: int = 4, foldin_ridge: float = 1e-3, seed: int = 0,
+                    max_candidates: int = 0) -> Calibrator:
     """The calibration statistic of a request (usable on any model's final embeddings, e.g.
     to check that a retrained model sits at 1/2).
 
     Held-out reference: for ``users`` / ``items`` requests ``held_out`` = the valid/test pairs
     the request removes anyway (``ForgetSet.held_out_removed``); for ``interactions`` the
     retain validation split. No test pair of a retain user is read (not even the test
-    split's sizes: the ``items`` user weights use validation counts).
+    split's sizes: the ``items`` user weights use validation counts). ``max_candidates``: see
+    :class:`Calibrator`.
 
     Raises:
         ValueError: ``users`` / ``items`` request without ``held_out``.
@@ -578,7 +597,8 @@ def make_calibrator(retain: RecDataset, forget_user: np.ndarray, forget_item: np
         n_train = np.bincount(retain.train.user, minlength=n_u) + np.bincount(fu, minlength=n_u)
         n_held = np.bincount(retain.valid.user, minlength=n_u) + np.bincount(hu, minlength=n_u)
         weight = n_held / np.maximum(n_train, 1)
-    return Calibrator(kind, fu, fi, hu, hi, known, active, splits, foldin_ridge, seed, weight)
+    return Calibrator(kind, fu, fi, hu, hi, known, active, splits, foldin_ridge, seed, weight,
+                      max_candidates)
 
 
 def choose_damping(kappas: list[float], stats: list[float], ses: list[float], target: float,
@@ -613,12 +633,29 @@ def calibrate(correction: RowCorrection, f_u: torch.Tensor, f_i: torch.Tensor,
               tolerance_se: float = 0.0) -> tuple[float, str, list[tuple[float, float, float]]]:
     """Scan the damping grid ``kappas`` (ascending) on the corrected finals ``F + dF(kappa)``
     (``f_u`` ``(n_users, d)``, ``f_i`` ``(n_items, d)``: the model after the re-draw) and
-    pick ``kappa`` (:func:`choose_damping`). Returns ``(kappa, how, [(kappa, stat, se)])``."""
-    curve = [(float(k), *calibrator(*correction.apply(f_u, f_i, k))) for k in kappas]
+    pick ``kappa`` (:func:`choose_damping`).
+
+    The grid is evaluated from the largest damping down and the scan stops at the first
+    point at or below the target: :func:`choose_damping` reads the curve from the top and
+    never looks past that point, so the choice is the full scan's. The whole grid is
+    evaluated only when no point reaches the target (its fallback needs the minimum).
+
+    Returns:
+        ``(kappa, how, [(kappa, stat, se)])``, the curve ascending in ``kappa`` over the
+        points evaluated.
+    """
+    curve: list[tuple[float, float, float]] = []
+    for k in sorted(kappas, reverse=True):
+        stat, se = calibrator(*correction.apply(f_u, f_i, k))
+        curve.insert(0, (float(k), stat, se))
+        if not math.isfinite(stat):
+            break                      # no calibration units: every point is NaN
+        if stat <= target + tolerance_se * (se if math.isfinite(se) else 0.0):
+            break
     stats, ses = [c[1] for c in curve], [c[2] for c in curve]
     if not all(math.isfinite(x) for x in stats):
-        return float(kappas[-1]), "no calibration units: the most damping", curve
-    kappa, how = choose_damping(list(kappas), stats, ses, target, tolerance_se)
+        return float(max(kappas)), "no calibration units: the most damping", curve
+    kappa, how = choose_damping([c[0] for c in curve], stats, ses, target, tolerance_se)
     return kappa, how, curve
 
 
