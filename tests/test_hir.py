@@ -269,10 +269,10 @@ def test_items_and_interactions_requests_are_calibrated(tiny, lightgcn, spec) ->
 
 
 def test_items_statistic_on_sampled_candidates_tracks_the_exact_one(tiny, lightgcn) -> None:
-    """``max_candidates``: a user's percentile among uniform catalogue draws instead of every
-    item. On the trained model and on HIR's result the sampled statistic (m = 64 of 200
-    items) stays within a quarter of the exact one's distance to 1/2, and it is not the
-    exact computation in disguise."""
+    """``max_candidates`` (off by default): a user's percentile among uniform catalogue draws
+    instead of every item. On the trained model and on HIR's result the sampled statistic
+    (m = 64 of 200 items) stays within a quarter of the exact one's distance to 1/2, and it
+    is not the exact computation in disguise."""
     job = _job(tiny, lightgcn, "lightgcn", "items:5%")
     fset, held = job.fset, job.fset.held_out_removed
 

@@ -20,10 +20,8 @@ No training loop, no Ray workers: seconds on a CPU for ``users``, ``items`` and
    Held-out pairs: those the request removes anyway (``ForgetSet.held_out_removed``) for
    ``users`` / ``items`` requests, the retain validation split for ``interactions``; no
    test pair of a retain user is read. The scan runs from the most damping down and stops
-   at the first point at the target (the choice reads no further). For ``items`` requests
-   a user's percentile in the statistic is taken among ``calibration_candidates`` uniform
-   draws of the catalogue (1,024) instead of every item: on synthetic baby this cut the
-   scan from 9.7 s to about 1 s, every audit number still inside the Gold band.
+   at the first point at the target (the choice reads no further; when no point reaches
+   it, the whole grid).
 4. **Realisation**: ``M dE = dF`` solved by conjugate gradients (BiCGSTAB when ``M`` is not
    symmetric), ``M`` the model's linear map ID tables -> final embeddings over the retain
    graph, so rows outside ``dF`` keep their final embeddings up to the CG tolerance.
@@ -76,10 +74,12 @@ class HIRSettings:
             (the row's own) or ``sqrt`` (their geometric mean).
         splits: random halvings averaged in the calibration statistic.
         foldin_ridge: ridge of the attacker's fresh vector, relative to mean ``|F|^2``.
-        calibration_candidates: ``items`` requests: each user's percentile in the statistic
-            is taken among this many uniform draws of the catalogue instead of every item
-            (0: every item). Its sampling error (at most 0.5/sqrt(m) per pair) is small next
-            to the statistic's standard error.
+        calibration_candidates: ``items`` requests: take each user's percentile in the
+            statistic among this many uniform draws of the catalogue instead of every item
+            (0, the default: every item). For catalogues too large to compare every pair
+            with every item. Its noise pulls the statistic towards 1/2 and so moves the
+            damping (synthetic baby, 1,024 draws: kappa 5.54 instead of 5.02, differencing
+            AUC 0.9992 at the band's upper edge instead of 0.9991 inside it).
         target: the calibration statistic of a model that never saw D_f (1/2).
         tolerance_se: accept the largest damping whose statistic is within this many of its
             standard errors above ``target`` (0: the crossing itself).
@@ -96,7 +96,7 @@ class HIRSettings:
     damping: Literal["global", "row", "sqrt"] = "global"
     splits: int = 4
     foldin_ridge: float = 1e-3
-    calibration_candidates: int = 1024
+    calibration_candidates: int = 0
     target: float = 0.5
     tolerance_se: float = 0.0
     fixed_kappa: float | None = None
