@@ -22,7 +22,7 @@ from mmrecun_ray.objectives import NegativeSampler, bpr_loss
 from mmrecun_ray.training.config import LoopConfig
 from mmrecun_ray.training.export import ModelInfo, build_from_state
 from mmrecun_ray.training.runner import Scaling
-from mmrecun_ray.unlearning.influence import (DampedRows, KnownItems, choose_damping,
+from mmrecun_ray.unlearning.influence import (DampedRows, ItemsLayout, KnownItems, choose_damping,
                                               final_embeddings, forget_gradient, grouped_auc,
                                               is_linear_map, make_calibrator, retain_curvature)
 from mmrecun_ray.unlearning.methods import Job, MethodResult, build_methods
@@ -117,6 +117,23 @@ def test_damping_choice_reads_the_curve_from_the_top_down_to_the_first_crossing(
     assert choose_damping(ks, [0.2] * 5, ses, 0.5)[0] == 1.6     # top already at the target
     kappa, how = choose_damping(ks, [0.60, 0.55, 0.56, 0.57, 0.70], ses, 0.5)
     assert how.startswith("no crossing") and kappa == 0.4      # within 1 s.e. of 0.55
+
+
+def test_items_layout_counts_candidates_strictly_below_each_pairs_threshold() -> None:
+    """The ``items`` statistic's exact count, laid out by row (rows with most pairs first):
+    ties do not count, masked candidates (+inf) never do."""
+    inf = float("inf")
+    cand = torch.tensor([[0.1, 0.5, 0.9, inf],
+                         [0.3, 0.3, inf, 0.7],
+                         [2.0, 1.0, 0.0, -1.0]], dtype=torch.float64)
+    # pairs in any order: row 0 has three, row 1 two, row 2 one
+    pair_row = torch.tensor([1, 0, 2, 0, 1, 0])
+    slot = torch.tensor([0, 0, 0, 1, 1, 2])
+    t = torch.tensor([0.3, 0.5, 1.5, 10.0, 0.31, -5.0], dtype=torch.float64)
+    lay = ItemsLayout(inv=torch.arange(3), row=torch.arange(3), draws=None,
+                      mask=torch.isfinite(cand), n_cand=torch.tensor([3, 3, 4]),
+                      pair_row=pair_row, slot=slot, prefix=[3, 2, 1])
+    assert lay.count_below(cand, t).tolist() == [0, 1, 3, 3, 2, 0]
 
 
 def test_grouped_auc_counts_within_group_wins_with_half_ties() -> None:

@@ -444,6 +444,37 @@ def _group(keys: np.ndarray, members: np.ndarray) -> dict[int, np.ndarray]:
     return {int(k): np.unique(v) for k, v in zip(uk, np.split(members, start[1:]))}
 
 
+@dataclass
+class ItemsLayout:
+    """What the ``items`` statistic fixes once: the users it scores ``inv`` ``(U,)`` (rows
+    ordered by their number of pairs, most first), their row map ``row`` ``(n_users,)``,
+    optional candidate ``draws`` ``(U, m)``, the candidate ``mask`` and counts ``n_cand``
+    ``(U,)``, and every (halving, side) pair's row ``pair_row`` ``(P,)`` and its slot among
+    the row's pairs ``slot`` ``(P,)``; ``prefix[j]``: rows with more than ``j`` pairs."""
+
+    inv: torch.Tensor
+    row: torch.Tensor
+    draws: torch.Tensor | None
+    mask: torch.Tensor
+    n_cand: torch.Tensor
+    pair_row: torch.Tensor
+    slot: torch.Tensor
+    prefix: list[int]
+
+    def count_below(self, cand: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """``(P,)`` exact ``#{j : cand[pair_row[p], j] < t[p]}`` for ``cand`` ``(U, n)``.
+
+        Laid out as a ``(U, K)`` table of thresholds; column ``j``'s pass compares the first
+        ``prefix[j]`` rows of ``cand`` (a view, rows with most pairs first) with one
+        threshold each, so no row of ``cand`` is copied per pair."""
+        table = torch.zeros(cand.shape[0], len(self.prefix), dtype=t.dtype)
+        table[self.pair_row, self.slot] = t
+        counts = torch.zeros(cand.shape[0], len(self.prefix), dtype=torch.long)
+        for j, n in enumerate(self.prefix):
+            counts[:n, j] = (cand[:n] < table[:n, j:j + 1]).sum(1)
+        return counts[self.pair_row, self.slot]
+
+
 class Calibrator:
     """The exchangeability statistic of a request kind.
 
@@ -484,7 +515,7 @@ class Calibrator:
             self.n_units = self.halves[0].n if self.halves else 0
         else:
             self.n_units = int(np.intersect1d(fu, hu).size)
-        self._items_cache: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+        self._items_cache: ItemsLayout | None = None
 
     def __call__(self, f_u: torch.Tensor, f_i: torch.Tensor) -> tuple[float, float]:
         """``(statistic, standard error over units)`` for final embeddings
@@ -517,14 +548,13 @@ class Calibrator:
             num, den = num + nu, den + de
         return ratio_and_se(num, den) if self.halves else (float("nan"), float("nan"))
 
-    def _candidates(self, n_users: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None,
-                                                 torch.Tensor, torch.Tensor]:
-        """Users involved in the ``items`` statistic ``(U,)``, their row map ``(n_users,)``,
-        the candidate items scored per user (``None``: every item; else ``(U, m)`` uniform
-        draws, the same for every model), the candidate mask (``(U, n_items)`` or
-        ``(U, m)``: active and not known to the user) and candidate counts ``(U,)``."""
+    def _candidates(self, n_users: int) -> ItemsLayout:
+        """The fixed layout of the ``items`` statistic (built once, :class:`ItemsLayout`)."""
         if self._items_cache is None:
-            inv = torch.unique(torch.cat([torch.cat([hv.b, hv.h]) for hv in self.halves]))
+            users = torch.cat([torch.cat([hv.b, hv.h]) for hv in self.halves])  # (P,) every pair
+            uniq, mult = torch.unique(users, return_counts=True)
+            by_mult = torch.argsort(mult, descending=True, stable=True)
+            inv, mult = uniq[by_mult], mult[by_mult]              # rows: most pairs first
             row = torch.full((n_users,), -1, dtype=torch.long)
             row[inv] = torch.arange(inv.numel())
             mask = self.active[None, :].repeat(inv.numel(), 1)
@@ -536,28 +566,37 @@ class Calibrator:
                 draws = torch.randint(0, mask.shape[1], (inv.numel(), self.max_candidates),
                                       generator=gen)
                 mask = mask.gather(1, draws)
-            self._items_cache = (inv, row, draws, mask, mask.sum(1).clamp_min(1))
+            pair_row = row[users]
+            srt = torch.argsort(pair_row, stable=True)
+            first = torch.searchsorted(pair_row[srt], torch.arange(inv.numel()))
+            slot = torch.empty_like(pair_row)
+            slot[srt] = torch.arange(pair_row.numel()) - first[pair_row[srt]]
+            prefix = [int((mult > j).sum()) for j in range(int(mult.max()) if mult.numel() else 0)]
+            self._items_cache = ItemsLayout(inv, row, draws, mask, mask.sum(1).clamp_min(1),
+                                             pair_row, slot, prefix)
         return self._items_cache
 
     def _items(self, f_u: torch.Tensor, f_i: torch.Tensor) -> tuple[float, float]:
         if not self.halves:
             return float("nan"), float("nan")
-        inv, row, draws, mask, n_cand = self._candidates(f_u.shape[0])
-        us = f_u[inv]
+        lay = self._candidates(f_u.shape[0])
+        us = f_u[lay.inv]
         scores = us @ f_i.T                                        # (U, n_items)
-        if draws is not None:
-            scores = scores.gather(1, draws)                       # (U, m)
-        cand = torch.where(mask, scores, torch.tensor(float("inf"), dtype=f_u.dtype))
+        if lay.draws is not None:
+            scores = scores.gather(1, lay.draws)                   # (U, m)
+        cand = torch.where(lay.mask, scores, torch.tensor(float("inf"), dtype=f_u.dtype))
         weight = self.user_weight if self.user_weight is not None else torch.ones(f_u.shape[0])
-        num = den = 0.0
+        parts, thresholds = [], []
         for hv in self.halves:
             v = self._fresh(f_u, f_u[hv.a], hv.n, hv.ua)
-
-            def pct(units: torch.Tensor, users: torch.Tensor) -> torch.Tensor:
-                r = row[users]
-                t = (us[r] * v[units]).sum(1)
-                return (cand[r] < t[:, None]).sum(1).to(f_u.dtype) / n_cand[r].to(f_u.dtype)
-            nu, de = grouped_auc(hv.ub, pct(hv.ub, hv.b), hv.uh, pct(hv.uh, hv.h), hv.n, weight[hv.b])
+            for units, users in ((hv.ub, hv.b), (hv.uh, hv.h)):
+                thresholds.append((us[lay.row[users]] * v[units]).sum(1))
+                parts.append(users.numel())
+        pct = (lay.count_below(cand, torch.cat(thresholds)).to(f_u.dtype)
+               / lay.n_cand[lay.pair_row].to(f_u.dtype)).split(parts)
+        num = den = 0.0
+        for k, hv in enumerate(self.halves):
+            nu, de = grouped_auc(hv.ub, pct[2 * k], hv.uh, pct[2 * k + 1], hv.n, weight[hv.b])
             num, den = num + nu, den + de
         return ratio_and_se(num, den)
 
