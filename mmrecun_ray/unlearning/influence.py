@@ -640,6 +640,12 @@ def make_calibrator(retain: RecDataset, forget_user: np.ndarray, forget_item: np
                       max_candidates)
 
 
+def target_level(se: float, target: float, tolerance_se: float) -> float:
+    """The level a calibration point must reach: ``target + tolerance_se * se`` (a
+    non-finite standard error counts as 0)."""
+    return target + tolerance_se * (se if math.isfinite(se) else 0.0)
+
+
 def choose_damping(kappas: list[float], stats: list[float], ses: list[float], target: float,
                    tolerance_se: float = 0.0) -> tuple[float, str]:
     """The damping scale from the calibration curve (``kappas`` ascending).
@@ -650,7 +656,7 @@ def choose_damping(kappas: list[float], stats: list[float], ses: list[float], ta
     (as little correction as reaches the floor). Returns ``(kappa, how it was chosen)``.
     """
     ks, st, se = list(kappas)[::-1], list(stats)[::-1], list(ses)[::-1]
-    tg = [target + tolerance_se * (e if math.isfinite(e) else 0.0) for e in se]
+    tg = [target_level(e, target, tolerance_se) for e in se]
     if st[0] <= tg[0]:
         return ks[0], "at or below target with the most damping"
     for a in range(1, len(ks)):
@@ -689,7 +695,7 @@ def calibrate(correction: RowCorrection, f_u: torch.Tensor, f_i: torch.Tensor,
         curve.insert(0, (float(k), stat, se))
         if not math.isfinite(stat):
             break                      # no calibration units: every point is NaN
-        if stat <= target + tolerance_se * (se if math.isfinite(se) else 0.0):
+        if stat <= target_level(se, target, tolerance_se):
             break
     stats, ses = [c[1] for c in curve], [c[2] for c in curve]
     if not all(math.isfinite(x) for x in stats):
