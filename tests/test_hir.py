@@ -22,9 +22,11 @@ from mmrecun_ray.objectives import NegativeSampler, bpr_loss
 from mmrecun_ray.training.config import LoopConfig
 from mmrecun_ray.training.export import ModelInfo, build_from_state
 from mmrecun_ray.training.runner import Scaling
-from mmrecun_ray.unlearning.influence import (DampedRows, ItemsLayout, KnownItems, choose_damping,
+from mmrecun_ray.unlearning.influence import (DampedRows, ItemsLayout, KnownItems, RowCorrection,
+                                              batched_eigh, calibrate, choose_damping,
                                               final_embeddings, forget_gradient, grouped_auc,
-                                              is_linear_map, make_calibrator, retain_curvature)
+                                              is_linear_map, make_calibrator, retain_curvature,
+                                              weighted_grams)
 from mmrecun_ray.unlearning.methods import Job, MethodResult, build_methods
 from mmrecun_ray.unlearning.methods.hir import HIR
 from mmrecun_ray.unlearning.requests import ForgetSet, parse_request, resolve_request
@@ -67,8 +69,10 @@ def test_forget_gradient_is_the_gradient_of_the_exact_expected_bpr_loss() -> Non
         negs = torch.from_numpy(np.setdiff1d(np.arange(9), known.of(int(u))))
         loss = loss + torch.nn.functional.softplus(xi[negs] @ xu[u] - xi[i] @ xu[u]).mean()
     want_u, want_i = torch.autograd.grad(loss, (xu, xi))
-    torch.testing.assert_close(g_u, want_u)
-    torch.testing.assert_close(g_i, want_i)
+    # float64 out, each chunk's products in float32
+    assert g_u.dtype == torch.float64
+    torch.testing.assert_close(g_u, want_u, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(g_i, want_i, rtol=1e-5, atol=1e-6)
 
 
 def test_retain_curvature_is_the_hessian_of_the_sampled_retain_loss_per_row() -> None:
@@ -97,10 +101,11 @@ def test_retain_curvature_is_the_hessian_of_the_sampled_retain_loss_per_row() ->
             return loss(*tables)
         return torch.autograd.functional.hessian(of_row, (fu, fi)[side][row].clone())
 
+    assert h_i.dtype == h_u.dtype == torch.float32
     for r, i in enumerate(item_rows):
-        torch.testing.assert_close(h_i[r], row_hessian(1, int(i)), rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(h_i[r].double(), row_hessian(1, int(i)), rtol=1e-4, atol=1e-5)
     for r, u in enumerate(user_rows):
-        torch.testing.assert_close(h_u[r], row_hessian(0, int(u)), rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(h_u[r].double(), row_hessian(0, int(u)), rtol=1e-4, atol=1e-5)
 
 
 def test_damping_choice_reads_the_curve_from_the_top_down_to_the_first_crossing() -> None:
@@ -117,6 +122,74 @@ def test_damping_choice_reads_the_curve_from_the_top_down_to_the_first_crossing(
     assert choose_damping(ks, [0.2] * 5, ses, 0.5)[0] == 1.6     # top already at the target
     kappa, how = choose_damping(ks, [0.60, 0.55, 0.56, 0.57, 0.70], ses, 0.5)
     assert how.startswith("no crossing") and kappa == 0.4      # within 1 s.e. of 0.55
+
+
+def test_weighted_grams_sum_each_rows_weighted_outer_products_across_padded_blocks() -> None:
+    """Rows of different lengths, repeated entries, an empty row, and a budget so small that
+    rows are split over several padded blocks: the same sums as a plain loop."""
+    gen = torch.Generator().manual_seed(4)
+    table = torch.randn(7, 3, generator=gen, dtype=torch.float64)
+    seg = torch.tensor([2, 0, 2, 2, 4, 0, 2, 4, 2, 2])            # row 1 and 3 empty
+    idx = torch.tensor([1, 6, 1, 3, 0, 5, 2, 0, 4, 6])
+    w = torch.rand(10, generator=gen, dtype=torch.float64) - 0.2  # any sign
+    want = torch.zeros(5, 3, 3, dtype=torch.float64)
+    for r, i, wt in zip(seg.tolist(), idx.tolist(), w.tolist()):
+        want[r] += wt * torch.outer(table[i], table[i])
+    for budget in (1, 3, 1 << 15):
+        torch.testing.assert_close(weighted_grams(seg, idx, w, table, 5, budget), want)
+
+
+def test_batched_eigh_splits_the_batch_without_changing_any_block() -> None:
+    gen = torch.Generator().manual_seed(5)
+    x = torch.randn(9, 6, 8, generator=gen)
+    h = x @ x.transpose(1, 2)
+    n = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        e, q = batched_eigh(h)
+    finally:
+        torch.set_num_threads(n)
+    e1, q1 = torch.linalg.eigh(h)
+    assert torch.equal(e, e1) and torch.equal(q, q1)
+    assert torch.get_num_threads() == n
+
+
+def _scan(values: dict[float, float], se: float = 0.01, patience: int = 2):
+    """``calibrate`` over a statistic that reads kappa back from the corrected embedding:
+    one item row, ``H = 0``, ``g = 1``, ``c = 1``, so ``dF = 1 / kappa``."""
+    rows = DampedRows(torch.zeros(1, 1, 1, dtype=torch.float64), torch.ones(1, 1, dtype=torch.float64))
+    corr = RowCorrection(np.array([0]), np.zeros(0, np.int64), rows,
+                         DampedRows(torch.zeros(0, 1, 1), torch.zeros(0, 1)),
+                         torch.ones(1, dtype=torch.float64), torch.zeros(0))
+    seen: list[float] = []
+
+    def statistic(f_u: torch.Tensor, f_i: torch.Tensor) -> tuple[float, float]:
+        kappa = min(values, key=lambda k: abs(1.0 / k - float(f_i[0, 0])))
+        seen.append(kappa)
+        return values[kappa], se
+
+    kappa, how, curve = calibrate(corr, torch.zeros(1, 1, dtype=torch.float64),
+                                  torch.zeros(1, 1, dtype=torch.float64), statistic,
+                                  sorted(values), 0.5, 0.0, patience)
+    return kappa, how, curve, seen
+
+
+def test_scan_without_a_crossing_stops_once_the_curve_has_turned() -> None:
+    """No point reaches 1/2: the scan stops after two points above the minimum's floor
+    (minimum + 1 s.e.) and picks what the whole grid picks; a point within the floor resets
+    the count."""
+    ks = [0.125, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0]
+    turned = dict(zip(ks, [0.90, 0.80, 0.70, 0.60, 0.515, 0.52, 0.60]))   # minimum at 2.0
+    kappa, how, curve, seen = _scan(turned)
+    full = _scan(turned, patience=0)
+    assert (kappa, how) == full[:2] and how.startswith("no crossing") and kappa == 4.0
+    assert seen == [8.0, 4.0, 2.0, 1.0, 0.5] and [c[0] for c in curve] == seen[::-1]
+    assert full[3] == ks[::-1]
+    within = dict(zip(ks, [0.90, 0.80, 0.56, 0.515, 0.60, 0.51, 0.70]))  # 1.0 within the floor
+    assert _scan(within)[3] == [8.0, 4.0, 2.0, 1.0, 0.5, 0.25]
+    # the stated limit: a curve that comes back down to the target past the turn
+    back = {**turned, 0.125: 0.45}
+    assert _scan(back)[0] == kappa and _scan(back, patience=0)[1] == "crossing"
 
 
 def test_items_layout_counts_candidates_strictly_below_each_pairs_threshold() -> None:

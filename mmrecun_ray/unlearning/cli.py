@@ -24,7 +24,7 @@ def _common(p: argparse.ArgumentParser) -> None:
                    help="a method setting, coerced to its type (true/false, numbers, null); unknown "
                         "keys are refused. hir: neg_per_user, kappa_min, kappa_max, kappa_points, damping "
                         "(global|row|sqrt), splits, foldin_ridge, calibration_candidates, target, "
-                        "tolerance_se, fixed_kappa, "
+                        "tolerance_se, scan_patience, fixed_kappa, "
                         "cg_iters, cg_tol, seed; mmrecun/neggrad: alpha, beta, batch_size, forget_ratio, "
                         "lr_scale, learning_rate, max_steps, epochs, eval_steps, forget_target "
                         "(auto|number|null), seed; finetune: lr_scale, learning_rate, max_steps, "

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import logging
 import math
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable, Iterator
@@ -134,34 +135,69 @@ def forget_gradient(fu: torch.Tensor, fi: torch.Tensor, pu: np.ndarray, pi: np.n
         known: the pairs of the ORIGINAL training data (what the sampler excluded).
 
     Returns:
-        ``(gU (n_users, d), gI (n_items, d))``; items reach it as positives and, through
-        the negative term, as negatives.
+        ``(gU (n_users, d), gI (n_items, d))`` in ``fu``'s dtype, each chunk's products
+        computed in float32; items reach it as positives and, through the negative term,
+        as negatives.
     """
     g_u, g_i = torch.zeros_like(fu), torch.zeros_like(fi)
+    fu32, fi32 = fu.float(), fi.float()
     order = np.argsort(pu, kind="stable")
     pu, pi = np.asarray(pu, np.int64)[order], np.asarray(pi, np.int64)[order]
     for s in range(0, pu.size, chunk):
         u = torch.from_numpy(pu[s:s + chunk])
         i = torch.from_numpy(pi[s:s + chunk])
-        rows = fu[u]                                               # (B, d)
-        scores = rows @ fi.T                                       # (B, n_items)
+        rows = fu32[u]                                             # (B, d)
+        scores = rows @ fi32.T                                     # (B, n_items)
         uniq, inv = np.unique(pu[s:s + chunk], return_inverse=True)
         ok = known.neg_mask(uniq).to(scores.dtype)[torch.from_numpy(inv)]
         w = torch.sigmoid(scores - scores.gather(1, i[:, None])) * ok
         w = w / ok.sum(1, keepdim=True).clamp_min(1)               # (B, n_items) d loss / d s_uj
         cp = w.sum(1)                                              # (B,) -d loss / d s_ui
-        g_u.index_add_(0, u, w @ fi - cp[:, None] * fi[i])
-        g_i.index_add_(0, i, -cp[:, None] * rows)
-        g_i += w.T @ rows
+        g_u.index_add_(0, u, (w @ fi32 - cp[:, None] * fi32[i]).double())
+        g_i.index_add_(0, i, (-cp[:, None] * rows).double())
+        g_i += (w.T @ rows).double()
     return g_u, g_i
 
 
-def _sym_from_upper(flat: torch.Tensor, d: int, tri: torch.Tensor) -> torch.Tensor:
-    """``(R, d*(d+1)/2)`` upper-triangle entries -> ``(R, d, d)`` symmetric, float64."""
-    h = torch.zeros(flat.shape[0], d, d, dtype=torch.float64)
-    h[:, tri[0], tri[1]] = flat.double()
-    h[:, tri[1], tri[0]] = flat.double()
-    return h
+def row_blocks(seg: torch.Tensor, n_seg: int, budget: int = 1 << 15,
+               max_rows: int = 1024) -> tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]]:
+    """Entries ``seg`` ``(T,)`` (the row of each, any order) grouped by row for batched
+    per-row products.
+
+    Returns ``order`` ``(T,)`` (entries sorted by row) and blocks ``(rows (B,), pos (B, L),
+    valid (B, L))``: ``order[pos[b, l]]`` is the ``l``-th entry of row ``rows[b]`` where
+    ``valid``, padding (index 0) elsewhere. Rows of similar length share a block (longest
+    first, about ``budget`` padded entries and at most ``max_rows`` rows each, so a block's
+    per-row ``(d, d)`` products stay small); rows without entries are in none."""
+    order = torch.argsort(seg, stable=True)
+    counts = torch.bincount(seg, minlength=n_seg)
+    start = torch.cumsum(counts, 0) - counts
+    by_len = torch.argsort(counts, descending=True, stable=True)
+    by_len = by_len[counts[by_len] > 0]
+    lens = counts[by_len]
+    blocks, a = [], 0
+    while a < by_len.numel():
+        lmax = int(lens[a])
+        b = min(by_len.numel(), a + max(1, min(max_rows, budget // lmax)))
+        rows, ar = by_len[a:b], torch.arange(lmax)
+        valid = ar[None, :] < lens[a:b, None]
+        blocks.append((rows, torch.where(valid, start[rows, None] + ar[None, :], 0), valid))
+        a = b
+    return order, blocks
+
+
+def weighted_grams(seg: torch.Tensor, idx: torch.Tensor, w: torch.Tensor, table: torch.Tensor,
+                   n_seg: int, budget: int = 1 << 15) -> torch.Tensor:
+    """``(n_seg, d, d)`` ``G_r = sum_{t: seg[t] = r} w[t] x_t x_t^T``, ``x_t = table[idx[t]]``
+    (``seg``, ``idx``, ``w`` ``(T,)``, repeats allowed; ``table`` ``(N, d)``): one ``bmm``
+    per :func:`row_blocks` block, dense BLAS instead of a sparse product."""
+    out = torch.zeros(n_seg, table.shape[1], table.shape[1], dtype=table.dtype)
+    order, blocks = row_blocks(seg, n_seg, budget)
+    idx, w = idx[order], w[order].to(table.dtype)
+    for rows, pos, valid in blocks:
+        x = table[idx[pos]]                                        # (B, L, d)
+        out[rows] = torch.bmm((x * (w[pos] * valid)[..., None]).transpose(1, 2), x)
+    return out
 
 
 @torch.no_grad()
@@ -182,7 +218,7 @@ def retain_curvature(fu: torch.Tensor, fi: torch.Tensor, ru: np.ndarray, ri: np.
         item_rows: ``(R_i,)`` item rows wanted; ``user_rows``: ``(R_u,)`` user rows.
 
     Returns:
-        ``(HI (R_i, d, d), HU (R_u, d, d))``, float64.
+        ``(HI (R_i, d, d), HU (R_u, d, d))``, float32.
     """
     d, n_users, n_items = fu.shape[1], fu.shape[0], fi.shape[0]
     fu32, fi32 = fu.float(), fi.float()
@@ -197,9 +233,8 @@ def retain_curvature(fu: torch.Tensor, fi: torch.Tensor, ru: np.ndarray, ri: np.
     s_pos = (fu32[u_t] * fi32[k_t]).sum(1)                         # (P,)
     sg = torch.sigmoid(s_neg[pr] - s_pos[:, None])
     cw = sg * (1 - sg) / m                                         # (P, m) sigma' / m
-    tri = torch.triu_indices(d, d)
-    h_i = torch.zeros(0, d, d, dtype=torch.float64)
-    h_u = torch.zeros(0, d, d, dtype=torch.float64)
+    h_i = torch.zeros(0, d, d)
+    h_u = torch.zeros(0, d, d)
     if item_rows.size:
         ipos = torch.full((n_items,), -1, dtype=torch.long)
         ipos[torch.from_numpy(item_rows)] = torch.arange(item_rows.size)
@@ -208,12 +243,10 @@ def retain_curvature(fu: torch.Tensor, fi: torch.Tensor, ru: np.ndarray, ri: np.
         cols = torch.cat([u_t, users_t.repeat_interleave(m)])
         vals = torch.cat([cw.sum(1), cneg.reshape(-1)])
         keep = ipos[rows] >= 0
-        c = torch.sparse_coo_tensor(torch.stack([ipos[rows[keep]], cols[keep]]), vals[keep],
-                                    (item_rows.size, n_users), check_invariants=False).coalesce()
-        h_i = _sym_from_upper(torch.sparse.mm(c, fu32[:, tri[0]] * fu32[:, tri[1]]), d, tri)
+        h_i = weighted_grams(ipos[rows[keep]], cols[keep], vals[keep], fu32, item_rows.size)
     if user_rows.size:
         # H_u = sum_j a_uj F_j F_j^T + sum_k b_uk F_k F_k^T - (Z_u FJ_u + (Z_u FJ_u)^T),
-        # a_uj = sum_k c_kj, b_uk = sum_j c_kj, Z_u = sum_k F_k c_k^T (d x m)
+        # a_uj = sum_k c_kj, b_uk = sum_j c_kj, Z_u = sum_k F_k c_k^T (d x m), FJ_u (m, d)
         rpos = torch.full((n_users,), -1, dtype=torch.long)
         rpos[torch.from_numpy(user_rows)] = torch.arange(user_rows.size)
         sel = torch.nonzero(rpos[u_t] >= 0).flatten()
@@ -223,32 +256,45 @@ def retain_curvature(fu: torch.Tensor, fi: torch.Tensor, ru: np.ndarray, ri: np.
         rows = torch.cat([ur, torch.arange(user_rows.size).repeat_interleave(m)])
         cols = torch.cat([k_t[sel], neg_r.reshape(-1)])
         vals = torch.cat([c.sum(1), a_u.reshape(-1)])
-        c2 = torch.sparse_coo_tensor(torch.stack([rows, cols]), vals, (user_rows.size, n_items),
-                                     check_invariants=False).coalesce()
-        h_u = _sym_from_upper(torch.sparse.mm(c2, fi32[:, tri[0]] * fi32[:, tri[1]]), d, tri)
-        z = torch.zeros(user_rows.size, d, m, dtype=c.dtype)
-        for s0 in range(0, sel.numel(), 8192):
-            sl = slice(s0, s0 + 8192)
-            z.index_add_(0, ur[sl], fi32[k_t[sel[sl]]][:, :, None] * c[sl][:, None, :])
-        cross = torch.bmm(z, fi32[neg_r]).double()                 # (R_u, d, d)
+        h_u = weighted_grams(rows, cols, vals, fi32, user_rows.size)
+        # Z_u FJ_u = X_u^T (C_u FJ_u), X_u (L_u, d) the rows of u's positives, C_u (L_u, m)
+        cross = torch.zeros(user_rows.size, d, d)
+        order, blocks = row_blocks(ur, user_rows.size)
+        k_s, c_s = k_t[sel][order], c[order]
+        for rows, pos, valid in blocks:
+            y = torch.bmm(c_s[pos] * valid[..., None], fi32[neg_r[rows]])   # (B, L, d)
+            cross[rows] = torch.bmm(fi32[k_s[pos]].transpose(1, 2), y)
         h_u -= cross + cross.transpose(1, 2)
     return h_i, h_u
 
 
 @contextmanager
 def one_thread() -> Iterator[None]:
-    """Torch's intra-op threads set to one for the block (restored after).
-
-    For batched LAPACK calls on many small blocks (``(R, 64, 64)``): torch runs the blocks
-    one after another and a second thread only splits each tiny block, paying a
-    synchronisation per block; on a busy CPU the waits dominate. Measured on this 2-CPU
-    machine under load: ``eigh`` of 9,000 blocks 2.1 s on one thread, 230 s on two."""
+    """Torch's intra-op threads set to one for the block (restored after)."""
     n = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         yield
     finally:
         torch.set_num_threads(n)
+
+
+def batched_eigh(h: torch.Tensor) -> Pair:
+    """``(e (R, d), q (R, d, d))`` = ``torch.linalg.eigh(h)`` of ``(R, d, d)`` symmetric
+    blocks, the batch split over ``torch.get_num_threads()`` Python threads that each run
+    LAPACK on one intra-op thread (every block is decomposed exactly as in one call).
+
+    A second *intra-op* thread only splits each tiny block and pays a synchronisation per
+    block; on a busy CPU the waits dominate (measured on this 2-CPU machine under load:
+    9,000 blocks 2.1 s on one thread, 230 s on two). Whole sub-batches per thread have no
+    such waits: 8,621 blocks of 64x64 (float32) 1.46 s on one thread, 0.75 s on two."""
+    workers = max(1, min(torch.get_num_threads(), h.shape[0]))
+    with one_thread():
+        if workers == 1:
+            return torch.linalg.eigh(h)
+        with ThreadPoolExecutor(workers) as pool:
+            parts = list(pool.map(torch.linalg.eigh, torch.tensor_split(h, workers)))
+    return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
 
 
 class DampedRows:
@@ -264,16 +310,17 @@ class DampedRows:
         self.g = g
         self.e = self.q = self.qg = None
         if h.shape[0]:
-            with one_thread():
-                e, q = torch.linalg.eigh(h)
+            e, q = batched_eigh(h)
             self.e, self.q = e.clamp_min(0.0), q
-            self.qg = torch.einsum("rdk,rd->rk", q, g)
+            self.qg = torch.einsum("rdk,rd->rk", q, g.to(q.dtype))
 
     def __call__(self, lam: torch.Tensor) -> torch.Tensor:
-        """``(R, d)`` damped steps for ``lam`` ``(R,)``."""
+        """``(R, d)`` damped steps for ``lam`` ``(R,)``, in ``g``'s dtype (the
+        decomposition's arithmetic in ``h``'s)."""
         if self.q is None:
             return self.g.clone()
-        return torch.einsum("rdk,rk->rd", self.q, self.qg / (self.e + lam[:, None]))
+        step = torch.einsum("rdk,rk->rd", self.q, self.qg / (self.e + lam.to(self.e.dtype)[:, None]))
+        return step.to(self.g.dtype)
 
 
 def damping_scale(h: torch.Tensor, how: str) -> torch.Tensor:
@@ -674,22 +721,29 @@ def choose_damping(kappas: list[float], stats: list[float], ses: list[float], ta
 
 
 def calibrate(correction: RowCorrection, f_u: torch.Tensor, f_i: torch.Tensor,
-              calibrator: Calibrator, kappas: list[float], target: float = 0.5,
-              tolerance_se: float = 0.0) -> tuple[float, str, list[tuple[float, float, float]]]:
+              calibrator: Callable[[torch.Tensor, torch.Tensor], tuple[float, float]],
+              kappas: list[float], target: float = 0.5, tolerance_se: float = 0.0,
+              patience: int = 2) -> tuple[float, str, list[tuple[float, float, float]]]:
     """Scan the damping grid ``kappas`` (ascending) on the corrected finals ``F + dF(kappa)``
     (``f_u`` ``(n_users, d)``, ``f_i`` ``(n_items, d)``: the model after the re-draw) and
-    pick ``kappa`` (:func:`choose_damping`).
+    pick ``kappa`` (:func:`choose_damping`). ``calibrator``: ``(F_u, F_i) -> (statistic,
+    standard error)``, a :class:`Calibrator`.
 
-    The grid is evaluated from the largest damping down and the scan stops at the first
-    point at or below the target: :func:`choose_damping` reads the curve from the top and
-    never looks past that point, so the choice is the full scan's. The whole grid is
-    evaluated only when no point reaches the target (its fallback needs the minimum).
+    The grid is evaluated from the largest damping down. The scan stops
+    - at the first point at or below the target: :func:`choose_damping` reads the curve
+      from the top and never looks past that point, so the choice is the full scan's;
+    - when the curve never got there, once ``patience`` consecutive points after its
+      minimum so far lie above that minimum plus its standard error (the fallback's
+      floor; 0: scan on). The fallback then picks what the full scan picks unless the
+      rest of the grid (more correction, past an overshoot) comes back down below the
+      minimum or to the target.
 
     Returns:
         ``(kappa, how, [(kappa, stat, se)])``, the curve ascending in ``kappa`` over the
         points evaluated.
     """
     curve: list[tuple[float, float, float]] = []
+    low, rising = math.inf, 0
     for k in sorted(kappas, reverse=True):
         stat, se = calibrator(*correction.apply(f_u, f_i, k))
         curve.insert(0, (float(k), stat, se))
@@ -697,6 +751,12 @@ def calibrate(correction: RowCorrection, f_u: torch.Tensor, f_i: torch.Tensor,
             break                      # no calibration units: every point is NaN
         if stat <= target_level(se, target, tolerance_se):
             break
+        if stat < low:
+            low, floor, rising = stat, stat + (se if math.isfinite(se) else 0.0), 0
+        else:
+            rising = rising + 1 if stat > floor else 0
+            if patience and rising >= patience:
+                break
     stats, ses = [c[1] for c in curve], [c[2] for c in curve]
     if not all(math.isfinite(x) for x in stats):
         return float(max(kappas)), "no calibration units: the most damping", curve
