@@ -693,6 +693,12 @@ def target_level(se: float, target: float, tolerance_se: float) -> float:
     return target + tolerance_se * (se if math.isfinite(se) else 0.0)
 
 
+def floor_level(stat: float, se: float) -> float:
+    """The no-crossing fallback's floor: ``stat + se`` of the curve's minimum (a
+    non-finite standard error counts as 0)."""
+    return stat + (se if math.isfinite(se) else 0.0)
+
+
 def choose_damping(kappas: list[float], stats: list[float], ses: list[float], target: float,
                    tolerance_se: float = 0.0) -> tuple[float, str]:
     """The damping scale from the calibration curve (``kappas`` ascending).
@@ -713,7 +719,7 @@ def choose_damping(kappas: list[float], stats: list[float], ses: list[float], ta
             t = d0 / max(d0 - d1, 1e-12)
             return math.exp(la + t * (lb - la)), "crossing"
     best = int(np.nanargmin(stats))
-    floor = stats[best] + (ses[best] if math.isfinite(ses[best]) else 0.0)
+    floor = floor_level(stats[best], ses[best])
     for a in range(len(kappas) - 1, best - 1, -1):
         if stats[a] <= floor:
             return kappas[a], "no crossing: least correction within 1 s.e. of the minimum"
@@ -752,7 +758,7 @@ def calibrate(correction: RowCorrection, f_u: torch.Tensor, f_i: torch.Tensor,
         if stat <= target_level(se, target, tolerance_se):
             break
         if stat < low:
-            low, floor, rising = stat, stat + (se if math.isfinite(se) else 0.0), 0
+            low, floor, rising = stat, floor_level(stat, se), 0
         else:
             rising = rising + 1 if stat > floor else 0
             if patience and rising >= patience:
