@@ -65,9 +65,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     from mmrecun_ray.training.train import train
     res = train(args.data, args.model, args.out, scaling(args, args.out),
                 sets={**parse_sets(args.set), **({"epochs": args.epochs} if args.epochs else {})},
-                overwrite=args.overwrite)
+                overwrite=args.overwrite, twin=args.twin)
     t = res.metrics["metrics"]["test"]
-    print(f"{args.model}: test recall@20 {t['recall@20']:.4f} ndcg@20 {t['ndcg@20']:.4f} "
+    tw = res.metrics.get("twin")
+    twin = (f", twin (seed {tw['seed']}) test recall@20 {tw['metrics']['test']['recall@20']:.4f}"
+            if tw else "")
+    print(f"{args.model}: test recall@20 {t['recall@20']:.4f} ndcg@20 {t['ndcg@20']:.4f}{twin} "
           f"in {res.metrics['wall_seconds']:.1f}s ({res.metrics['epochs_run']} epochs) -> {args.out}")
     return 0
 
@@ -162,6 +165,11 @@ def build_parser() -> argparse.ArgumentParser:
                          "are refused; repeatable")
     pt.add_argument("--overwrite", action="store_true",
                     help="replace a model already published at --out (default: refuse)")
+    pt.add_argument("--twin", action="store_true",
+                    help="also train a standby twin: the same recipe from seed + 1000 (away from the "
+                         "Gold band's seeds), stored in the model folder (twin.pt); `unlearn --method "
+                         "hir-twin` corrects both and serves the twin, so the change an attacker sees "
+                         "is a seed-to-seed one, as after a retrain. Twice the training time")
     add_scaling(pt)
     add_s3(pt)
     pt.set_defaults(func=cmd_train)

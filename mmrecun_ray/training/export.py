@@ -4,6 +4,8 @@
 Layout (``model.json`` is written last; a folder without it is not a model)::
 
     model.pt     state dict (parameters and persistent buffers)
+    twin.pt      optional: the weights of a standby twin, the same recipe trained from
+                 another seed on the same data (``train --twin``; ``hir-twin`` serves it)
     model.json   model name, params, sizes, modalities, training data URI and manifest
                  hash, loop config, banned items, metrics
 """
@@ -30,6 +32,7 @@ logger = logging.getLogger(__name__)
 MODEL_FILE = "model.pt"
 OPTIMIZER_FILE = "optimizer.pt"
 MODEL_META = "model.json"
+TWIN_FILE = "twin.pt"
 
 
 @dataclass
@@ -56,6 +59,7 @@ class ModelInfo:
     dropped_features: dict[str, list[int]] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
     lineage: list[dict[str, Any]] = field(default_factory=list)
+    twin: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         from dataclasses import asdict
@@ -72,7 +76,8 @@ class ModelInfo:
         if missing:
             raise DataError(f"{where}: missing key(s) {missing}")
         checks = {"model": str, "params": dict, "n_users": int, "n_items": int, "modalities": dict,
-                  "loop_config": dict, "objective": dict, "banned_items": list, "honoured": list}
+                  "loop_config": dict, "objective": dict, "banned_items": list, "honoured": list,
+                  "twin": dict}
         for k, t in checks.items():
             if k in d and not isinstance(d[k], t):
                 raise DataError(f"{where}: key {k!r} must be a {t.__name__}, got {type(d[k]).__name__}")
@@ -86,22 +91,39 @@ class ModelInfo:
 
 
 def export_model(out_uri: str, info: ModelInfo, state: dict[str, Any],
-                 optimizer: dict[str, Any] | None = None) -> str:
+                 optimizer: dict[str, Any] | None = None,
+                 twin: dict[str, Any] | None = None) -> str:
     """Publish a model folder at ``out_uri``: ``model.json`` of a previous model removed
     first (a half-replaced folder is then no model at all), weights (and the optimizer
-    state that unlearning continues from) next, ``model.json`` last."""
+    state that unlearning continues from, and the standby ``twin``'s weights) next,
+    ``model.json`` last. Without ``twin`` a previous folder's ``twin.pt`` is removed.
+
+    Raises:
+        ValueError: ``info.twin`` describes a twin and none is given, or the reverse.
+    """
     from mmrecun_ray.storage import delete
+    if bool(info.twin) != (twin is not None):
+        raise ValueError(f"{out_uri}: model.json {'describes' if info.twin else 'has'} no twin "
+                         f"but twin weights were {'not ' if twin is None else ''}given")
     delete(join(out_uri, MODEL_META))
-    buf = io.BytesIO()
-    torch.save({k: torch.as_tensor(np.array(v)) for k, v in state.items()}, buf)
-    write_bytes_atomic(join(out_uri, MODEL_FILE), buf.getvalue())
+    write_bytes_atomic(join(out_uri, MODEL_FILE), _tensor_bytes(state))
     if optimizer is not None:
         buf = io.BytesIO()
         torch.save(to_torch(optimizer), buf)  # tensors and plain values: loads weights_only
         write_bytes_atomic(join(out_uri, OPTIMIZER_FILE), buf.getvalue())
+    if twin is not None:
+        write_bytes_atomic(join(out_uri, TWIN_FILE), _tensor_bytes(twin))
+    else:
+        delete(join(out_uri, TWIN_FILE))
     write_json_atomic(join(out_uri, MODEL_META), info.to_dict())
     logger.info("exported %s model to %s", info.model, out_uri)
     return out_uri
+
+
+def _tensor_bytes(state: dict[str, Any]) -> bytes:
+    buf = io.BytesIO()
+    torch.save({k: torch.as_tensor(np.array(v)) for k, v in state.items()}, buf)
+    return buf.getvalue()
 
 
 def read_model_info(model_uri: str) -> ModelInfo:
@@ -125,15 +147,20 @@ def _load_safe(uri: str) -> Any:
         raise DataError(f"{uri}: refused: not a plain tensor file ({type(e).__name__}: {first})") from e
 
 
-def read_state(model_uri: str) -> dict[str, torch.Tensor]:
-    """The model's weights; DataError when ``model.pt`` is not a dict of tensors."""
-    uri = join(model_uri, MODEL_FILE)
+def _tensor_dict(uri: str, missing: str) -> dict[str, torch.Tensor]:
+    """A ``{name: tensor}`` file; DataError ``"<uri>: not found — <missing>"`` when absent or
+    naming the file when it is not a dict of tensors."""
     if not exists(uri):
-        raise DataError(f"{uri}: not found — {model_uri} is not a complete model folder")
+        raise DataError(f"{uri}: not found — {missing}")
     state = _load_safe(uri)
     if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
         raise DataError(f"{uri}: expected a dict of tensors (a state dict)")
     return state
+
+
+def read_state(model_uri: str) -> dict[str, torch.Tensor]:
+    """The model's weights; DataError when ``model.pt`` is not a dict of tensors."""
+    return _tensor_dict(join(model_uri, MODEL_FILE), f"{model_uri} is not a complete model folder")
 
 
 def read_optimizer(model_uri: str) -> dict[str, Any] | None:
@@ -145,6 +172,16 @@ def read_optimizer(model_uri: str) -> dict[str, Any] | None:
     if not isinstance(state, dict) or "state" not in state or "param_groups" not in state:
         raise DataError(f"{uri}: expected an optimizer state dict (keys state, param_groups)")
     return state
+
+
+def read_twin(model_uri: str, as_numpy: bool = False) -> dict[str, Any] | None:
+    """The standby twin's weights (``twin.pt``; tensors, or numpy arrays with ``as_numpy``),
+    or None when ``model.json`` names no twin; DataError when it names one and the file is
+    missing or not a dict of tensors."""
+    if not read_model_info(model_uri).twin:
+        return None
+    state = _tensor_dict(join(model_uri, TWIN_FILE), "model.json describes a twin")
+    return {k: v.numpy() for k, v in state.items()} if as_numpy else state
 
 
 def check_compatible(info: ModelInfo, ds: RecDataset, model_uri: str) -> None:

@@ -115,10 +115,19 @@ def write_metrics(out_uri: str, payload: dict[str, Any]) -> None:
     write_json_atomic(join(out_uri, "metrics.json"), payload)
 
 
+#: the twin's seed is the training seed plus this (``train --twin``): far from the seeds
+#: of a Gold band (the training seed, +1, +2, ...), so no Gold shares the twin's start
+TWIN_SEED_OFFSET = 1000
+
+
 def train(data_uri: str, model: str, out_uri: str, scaling: Scaling,
           sets: dict[str, Any] | None = None, ds: RecDataset | None = None,
-          overwrite: bool = False) -> TrainOutcome:
+          overwrite: bool = False, twin: bool = False) -> TrainOutcome:
     """Train ``model`` on ``data_uri``; publish ``<out>/model`` and ``<out>/metrics.json``.
+
+    ``twin``: also train the same recipe from seed + :data:`TWIN_SEED_OFFSET` and publish it
+    in the model folder as the standby twin (``twin.pt``, described by ``model.json``'s
+    ``twin``) that ``unlearn --method hir-twin`` serves in the model's place.
 
     Raises:
         ConfigError: bad settings, or ``out_uri`` already holds a model and not
@@ -131,7 +140,8 @@ def train(data_uri: str, model: str, out_uri: str, scaling: Scaling,
     ds = ds or load_dataset(data_uri)
     ensure_ray()
     inputs = loop_inputs(ds)
-    result = run_loop(cfg, fit, inputs, train_datasets(data_uri), scaling, name=f"train-{model}")
+    datasets = train_datasets(data_uri)
+    result = run_loop(cfg, fit, inputs, datasets, scaling, name=f"train-{model}")
     info = ModelInfo(model=model, params=cfg.params, n_users=ds.n_users, n_items=ds.n_items,
                      modalities={m: int(f.shape[1]) for m, f in ds.features.items()},
                      data_uri=str(data_uri), manifest_hash=inputs.manifest_hash,
@@ -140,6 +150,16 @@ def train(data_uri: str, model: str, out_uri: str, scaling: Scaling,
     model_uri = join(out_uri, "model")
     net = build_from_state(info, ds, result.state or {})
     metrics = evaluate_model(net, ds)
+    twin_state, twin_doc = None, None
+    if twin:
+        tcfg, tfit = recipe(model, {**dict(sets or {}), "seed": cfg.seed + TWIN_SEED_OFFSET})
+        tres = run_loop(tcfg, tfit, inputs, datasets, scaling, name=f"train-{model}-twin")
+        twin_state = tres.state or {}
+        tmetrics = evaluate_model(build_from_state(info, ds, twin_state), ds)
+        twin_doc = {"seed": tcfg.seed, "served_seed": cfg.seed, "swaps": 0,
+                    "epochs_run": tres.epochs_run, "best_epoch": tres.best_epoch,
+                    "train_seconds": tres.train_seconds, "metrics": tmetrics}
+        info.twin = dict(twin_doc)
     wall = time.perf_counter() - t0
     payload = {"command": "train", "model": model, "data": str(data_uri), "model_uri": model_uri,
                "wall_seconds": wall, "train_seconds": result.train_seconds,
@@ -148,8 +168,10 @@ def train(data_uri: str, model: str, out_uri: str, scaling: Scaling,
                "seconds_per_epoch": result.train_seconds / max(result.epochs_run, 1),
                "workers": scaling.workers, "loop_config": cfg.to_dict(),
                "objective": fit.to_dict(), "metrics": metrics}
+    if twin_doc is not None:
+        payload["twin"] = twin_doc
     info.metrics = metrics
-    export_model(model_uri, info, result.state or {}, result.optimizer)
+    export_model(model_uri, info, result.state or {}, result.optimizer, twin=twin_state)
     write_metrics(out_uri, payload)
     logger.info("trained %s in %.1fs: test recall@20 %.4f ndcg@20 %.4f", model, wall,
                 metrics["test"].get("recall@20", float("nan")), metrics["test"].get("ndcg@20", float("nan")))

@@ -61,7 +61,8 @@ from mmrecun_ray.storage import delete, exists, is_s3, join, list_files, read_by
 from mmrecun_ray.storage import ledger, write_bytes_atomic, write_json_atomic
 from mmrecun_ray.storage.uri import to_jsonable
 from mmrecun_ray.training.export import (ModelInfo, build_from_state, export_model, load_model,
-                                         read_model_info, read_optimizer, read_state)
+                                         read_model_info, read_optimizer, read_state,
+                                         read_twin)
 from mmrecun_ray.training.runner import Scaling, ensure_ray
 from mmrecun_ray.unlearning import lifecycle
 from mmrecun_ray.unlearning.audit import AuditContext, AuditResult, audit_model
@@ -509,7 +510,8 @@ def _inputs(batch: Batch, scaling: Scaling) -> _Inputs:
     job = Job(model_uri=base, info=info, state=state, optimizer=read_optimizer(base), fset=merged,
               retain_uri=data_uri, retain_data=None, scaling=scaling, reference_valid_recall=ref,
               honoured=sorted(set(original.honoured) | set(ids)),
-              retain_hash=original.manifest.content_hash())
+              retain_hash=original.manifest.content_hash(),
+              twin_state=read_twin(base, as_numpy=True))
     return _Inputs(fsets=fsets, merged=merged, original=original, info=info, job=job, before=before)
 
 
@@ -532,7 +534,8 @@ def _export(batch: Batch, inp: _Inputs, name: str, res: Any, role: str) -> dict[
     mdir = join(batch.dir, name, "model") if name != "candidate" else join(batch.dir, "model")
     info = batch_info(res.info, inp.info, batch.id, inp.fsets, inp.merged)
     export_model(mdir, info, res.state,
-                 res.loop.optimizer if res.loop is not None and info.model != "sisa" else None)
+                 res.loop.optimizer if res.loop is not None and info.model != "sisa" else None,
+                 twin=res.twin_state)
     return to_jsonable({"model_uri": mdir, "role": role, "method": res.method,
                         "wall_seconds": res.wall_seconds, "seed": res.extra.get("seed"),
                         "steps": res.loop.steps if res.loop else res.extra.get("steps"),

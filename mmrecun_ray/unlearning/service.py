@@ -34,7 +34,8 @@ from mmrecun_ray.evaluation.evaluate import KS, embeddings, evaluate_embeddings
 from mmrecun_ray.storage import join, read_json, write_json_atomic
 from mmrecun_ray.storage.uri import to_jsonable
 from mmrecun_ray.training.export import (ModelInfo, build_from_state, export_model, load_model,
-                                         read_model_info, read_optimizer, read_state)
+                                         read_model_info, read_optimizer, read_state,
+                                         read_twin)
 from mmrecun_ray.training.runner import Scaling
 from mmrecun_ray.unlearning import lifecycle
 from mmrecun_ray.unlearning.audit import AuditContext, AuditResult, audit_model, track_peak_rss
@@ -176,7 +177,8 @@ def run_methods(model_uri: str, data_uri: str, spec: str, methods: list[str], ou
               retain_uri=p.retain_uri,
               retain_data=None,
               scaling=scaling, reference_valid_recall=ref, honoured=sorted(p.original.honoured),
-              retain_hash=read_manifest(p.retain_uri).content_hash())
+              retain_hash=read_manifest(p.retain_uri).content_hash(),
+              twin_state=read_twin(model_uri, as_numpy=True))
     if k_gold:  # a comparison trains Gold anyway: read D_r now, outside every method's wall time
         job.retain_dataset()
     ctx = AuditContext.build(fset, p.original, seed=0)
@@ -227,7 +229,8 @@ def run_methods(model_uri: str, data_uri: str, spec: str, methods: list[str], ou
             mdir = None if res.graph == "original" else model_dir(method.name)
             if mdir is not None:
                 export_model(mdir, res.info, res.state,
-                             res.loop.optimizer if res.loop is not None and res.info.model != "sisa" else None)
+                             res.loop.optimizer if res.loop is not None and res.info.model != "sisa" else None,
+                             twin=res.twin_state)
             row = to_jsonable({**_published_row(res, method.name, method.role, mdir, peak, tree),
                                "settings": settings_dict(method.settings)})
             lifecycle.method_published(p, method.name, row)

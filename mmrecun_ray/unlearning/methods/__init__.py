@@ -29,7 +29,7 @@ from mmrecun_ray.unlearning.methods import (finetune, gold, hir, mmrecun, redraw
 #: what ``unlearn`` (and ``process``) run unless told otherwise
 DEFAULT_METHOD = "hir"
 #: what ``compare`` runs unless told otherwise (less the methods that refuse the model)
-COMPARE_DEFAULT = "hir,original,retain-graph,mmrecun,redraw,finetune,neggrad,sisa,gold"
+COMPARE_DEFAULT = "hir,hir-twin,original,retain-graph,mmrecun,redraw,finetune,neggrad,sisa,gold"
 
 __all__ = ["COMPARE_DEFAULT", "DEFAULT_METHOD", "METHODS", "Job", "Method", "MethodResult", "build_methods", "method_class",
            "setting_names"]

@@ -52,6 +52,7 @@ class Job:
         honoured: the forget requests the methods' models honour (the trained model's, the
             retain view's and this request).
         retain_hash: content hash of the published retain version.
+        twin_state: the standby twin's weights (numpy; ``train --twin``), or None.
     """
 
     model_uri: str
@@ -66,6 +67,7 @@ class Job:
     callbacks: list[Any] | None = None
     honoured: list[str] = field(default_factory=list)
     retain_hash: str = ""
+    twin_state: dict[str, np.ndarray] | None = None
 
     def recipe(self) -> tuple[LoopConfig, Fit]:
         """The recipe the model was trained with."""
@@ -85,7 +87,9 @@ class MethodResult:
     """A method's output model (state + metadata) and its cost.
 
     ``graph`` names the graph the model is served (and audited) over: ``retain`` (every
-    candidate) or ``original`` (the untouched trained model, a reference row)."""
+    candidate) or ``original`` (the untouched trained model, a reference row).
+    ``twin_state``: the standby twin published with the model (``info.twin`` describes it),
+    or None."""
 
     method: str
     state: dict[str, Any]
@@ -94,6 +98,7 @@ class MethodResult:
     loop: LoopResult | None = None
     extra: dict[str, Any] = field(default_factory=dict)
     graph: str = "retain"
+    twin_state: dict[str, Any] | None = None
 
     @property
     def steps(self) -> int:
@@ -215,7 +220,7 @@ def method_info(job: Job, method: str, run: dict[str, Any] | None = None) -> Mod
                    dropped_features={**base.dropped_features,
                                      **{m: v.tolist() for m, v in fset.dropped_features.items()}},
                    modalities={m: d for m, d in base.modalities.items() if m in fset.retain.features},
-                   metrics={}, lineage=lineage)
+                   metrics={}, lineage=lineage, twin={})
 
 
 def steps_per_epoch(n_pairs: int, batch_size: int, workers: int) -> int:

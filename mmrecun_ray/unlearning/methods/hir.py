@@ -225,3 +225,55 @@ class HIR(Method):
                             "realise": t4 - t3, "total": t4 - t0}}
         state = {k: v.detach().cpu().numpy().copy() for k, v in model.state_dict().items()}
         return state, diag
+
+
+@register
+class HIRTwin(Method):
+    """``hir-twin``: HIR on a standby twin, served in the model's place.
+
+    A model trained with ``train --twin`` carries a *twin*: the same recipe trained from
+    another seed (the training seed + :data:`~mmrecun_ray.training.train.TWIN_SEED_OFFSET`, away from the Gold band's
+    seeds) on the same data. Both hold what D_f taught them; both get the same HIR
+    correction (:class:`HIR`, same settings, each calibrated on its own curve). The corrected
+    twin is served, and the corrected served model becomes the new standby, so every request
+    swaps the two.
+
+    Why: an attacker holding the model before and after a request scores each pair by how
+    much its score dropped (the differencing attack). A retrain re-draws every score the data
+    does not pin down, so D_f's drop is hidden among seed-to-seed changes of the never-seen
+    pairs; an in-place edit such as HIR leaves those still and D_f's drop stands out. Swapping
+    in a twin shows the attacker a seed-to-seed change, as a retrain does. It costs a second
+    training run once (``train --twin``), twice HIR's time per request, and a second copy of
+    the weights; nothing the twin learned is left uncorrected (both are unlearned).
+    """
+
+    name = "hir-twin"
+    Settings = HIRSettings
+    summary = ("HIR on the model and on its standby twin (train --twin); serve the corrected "
+               "twin, keep the corrected model as the next twin")
+
+    def check(self, info: ModelInfo) -> None:
+        """HIR's checks, and a one-line ConfigError for a model trained without a twin."""
+        HIR(self.settings).check(info)
+        if not info.twin:
+            raise ConfigError(f"hir-twin: model {info.model!r} has no standby twin (train it with "
+                              "`train --twin`); use --method hir")
+
+    def run(self, job: Job) -> MethodResult:
+        t0 = time.perf_counter()
+        self.check(job.info)
+        if job.twin_state is None:
+            raise ConfigError(f"hir-twin: {job.model_uri}: model.json describes a twin but the job "
+                              "holds no twin weights")
+        served = HIR(self.settings).run(replace(job, state=job.twin_state, optimizer=None))
+        standby = HIR(self.settings).run(job)
+        twin = job.info.twin
+        served_seed = int(twin.get("served_seed", job.info.loop_config.get("seed", 0)))
+        info = method_info(job, self.name, {"settings": settings_dict(self.settings)})
+        info.twin = {"seed": served_seed, "served_seed": int(twin["seed"]),
+                     "swaps": int(twin.get("swaps", 0)) + 1}
+        extra = {"hir": served.extra.get("hir"), "twin_hir": standby.extra.get("hir"),
+                 "reset_users": served.extra.get("reset_users"),
+                 "reset_items": served.extra.get("reset_items"), "twin": info.twin}
+        return MethodResult(self.name, served.state, info, time.perf_counter() - t0, served.loop,
+                            extra, twin_state=standby.state)
