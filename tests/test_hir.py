@@ -28,7 +28,7 @@ from mmrecun_ray.unlearning.influence import (DampedRows, ItemsLayout, KnownItem
                                               is_linear_map, make_calibrator, retain_curvature,
                                               weighted_grams)
 from mmrecun_ray.unlearning.methods import Job, MethodResult, build_methods
-from mmrecun_ray.unlearning.methods.hir import HIR
+from mmrecun_ray.unlearning.methods.hir import HIR, HIRTwin
 from mmrecun_ray.unlearning.requests import ForgetSet, parse_request, resolve_request
 
 
@@ -494,7 +494,6 @@ def _twin_job(tiny: RecDataset, lightgcn: Recommender, twin: Recommender, spec: 
 
 def test_hir_twin_serves_the_corrected_twin_and_keeps_the_corrected_model_as_standby(
         tiny, lightgcn, twin_lightgcn) -> None:
-    from mmrecun_ray.unlearning.methods.hir import HIRTwin
     job = _twin_job(tiny, lightgcn, twin_lightgcn, "users:10%")
     res = HIRTwin().run(job)
     served = HIR().run(replace(job, state=job.twin_state))
@@ -520,7 +519,6 @@ def test_lfm2k_hir_twin_brings_the_differencing_attack_to_a_retrains_level(tmp_p
         pytest.skip(f"real data {src} absent (tests read ../shared/data beside the checkout)")
     from mmrecun_ray.data.mmrec_import import prepare_mmrec
     from mmrecun_ray.unlearning.audit import AuditContext, differencing_auc
-    from mmrecun_ray.unlearning.methods.hir import HIRTwin
     prepare_mmrec(src, tmp_path / "lfm2k")
     ds = load_dataset(tmp_path / "lfm2k")
     job = _twin_job(ds, _train(ds, "lightgcn"), _train(ds, "lightgcn", seed=1000),
@@ -536,7 +534,6 @@ def test_lfm2k_hir_twin_brings_the_differencing_attack_to_a_retrains_level(tmp_p
 
 
 def test_hir_twin_refuses_a_model_trained_without_a_twin(tiny, lightgcn) -> None:
-    from mmrecun_ray.unlearning.methods.hir import HIRTwin
     job = _job(tiny, lightgcn, "lightgcn", "users:10%")
     with pytest.raises(ConfigError, match=r"hir-twin: model 'lightgcn' has no standby twin \(train it "
                                           r"with `train --twin`\)"):
@@ -545,22 +542,23 @@ def test_hir_twin_refuses_a_model_trained_without_a_twin(tiny, lightgcn) -> None
 
 def test_a_model_folder_keeps_its_twin_only_while_model_json_describes_one(
         tiny, lightgcn, twin_lightgcn, tmp_path) -> None:
-    from mmrecun_ray.training.export import TWIN_FILE, export_model, read_twin
+    from mmrecun_ray.errors import DataError
+    from mmrecun_ray.training.export import TWIN_FILE, export_model, read_model_info, read_twin
     job = _twin_job(tiny, lightgcn, twin_lightgcn, "users:10%")
     folder = str(tmp_path / "model")
     export_model(folder, job.info, job.state, twin=job.twin_state)
-    twin = read_twin(folder, as_numpy=True)
+    twin = read_twin(folder, read_model_info(folder), as_numpy=True)
     for k, v in job.twin_state.items():
         np.testing.assert_array_equal(twin[k], v)
     plain = replace(job.info, twin={})
     export_model(folder, plain, job.state)        # re-published without a twin: the file goes
-    assert read_twin(folder) is None and not (tmp_path / "model" / TWIN_FILE).exists()
-    with pytest.raises(ValueError, match="describes no twin|has no twin"):
+    assert read_twin(folder, read_model_info(folder)) is None
+    assert not (tmp_path / "model" / TWIN_FILE).exists()
+    with pytest.raises(ValueError, match="model.json describes a twin but no twin weights were given"):
         export_model(folder, job.info, job.state)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="model.json describes no twin but twin weights were given"):
         export_model(folder, plain, job.state, twin=job.twin_state)
     export_model(folder, job.info, job.state, twin=job.twin_state)
     (tmp_path / "model" / TWIN_FILE).unlink()      # model.json names a twin that is not there
-    from mmrecun_ray.errors import DataError
     with pytest.raises(DataError, match=r"twin\.pt: not found — model\.json describes a twin"):
-        read_twin(folder)
+        read_twin(folder, read_model_info(folder))

@@ -102,9 +102,10 @@ def export_model(out_uri: str, info: ModelInfo, state: dict[str, Any],
         ValueError: ``info.twin`` describes a twin and none is given, or the reverse.
     """
     from mmrecun_ray.storage import delete
-    if bool(info.twin) != (twin is not None):
-        raise ValueError(f"{out_uri}: model.json {'describes' if info.twin else 'has'} no twin "
-                         f"but twin weights were {'not ' if twin is None else ''}given")
+    if info.twin and twin is None:
+        raise ValueError(f"{out_uri}: model.json describes a twin but no twin weights were given")
+    if twin is not None and not info.twin:
+        raise ValueError(f"{out_uri}: model.json describes no twin but twin weights were given")
     delete(join(out_uri, MODEL_META))
     write_bytes_atomic(join(out_uri, MODEL_FILE), _tensor_bytes(state))
     if optimizer is not None:
@@ -174,11 +175,11 @@ def read_optimizer(model_uri: str) -> dict[str, Any] | None:
     return state
 
 
-def read_twin(model_uri: str, as_numpy: bool = False) -> dict[str, Any] | None:
+def read_twin(model_uri: str, info: ModelInfo, as_numpy: bool = False) -> dict[str, Any] | None:
     """The standby twin's weights (``twin.pt``; tensors, or numpy arrays with ``as_numpy``),
-    or None when ``model.json`` names no twin; DataError when it names one and the file is
-    missing or not a dict of tensors."""
-    if not read_model_info(model_uri).twin:
+    or None when ``info`` (the folder's ``model.json``, already read by the caller) names no
+    twin; DataError when it names one and the file is missing or not a dict of tensors."""
+    if not info.twin:
         return None
     state = _tensor_dict(join(model_uri, TWIN_FILE), "model.json describes a twin")
     return {k: v.numpy() for k, v in state.items()} if as_numpy else state

@@ -530,7 +530,7 @@ def run_sweep(model_uri: str, data_uri: str, spec: str, out_uri: str, scaling: S
     job = Job(model_uri=model_uri, info=info, state={k: v.numpy() for k, v in read_state(model_uri).items()},
               optimizer=read_optimizer(model_uri), fset=fset, retain_uri=prep.retain_uri,
               retain_data=retain_data, scaling=scaling, reference_valid_recall=ref_valid,
-              twin_state=read_twin(model_uri, as_numpy=True))
+              twin_state=read_twin(model_uri, info, as_numpy=True))
     logger.info("request %s: %d forget pairs; target forget recall@20 %.4f (%s); original model "
                 "valid %.4f forget %.4f", fset.request_id, len(fset.forget), tgt, source, ref_valid,
                 orig_forget)

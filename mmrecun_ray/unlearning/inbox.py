@@ -511,7 +511,7 @@ def _inputs(batch: Batch, scaling: Scaling) -> _Inputs:
               retain_uri=data_uri, retain_data=None, scaling=scaling, reference_valid_recall=ref,
               honoured=sorted(set(original.honoured) | set(ids)),
               retain_hash=original.manifest.content_hash(),
-              twin_state=read_twin(base, as_numpy=True))
+              twin_state=read_twin(base, info, as_numpy=True))
     return _Inputs(fsets=fsets, merged=merged, original=original, info=info, job=job, before=before)
 
 

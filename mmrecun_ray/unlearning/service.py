@@ -178,7 +178,7 @@ def run_methods(model_uri: str, data_uri: str, spec: str, methods: list[str], ou
               retain_data=None,
               scaling=scaling, reference_valid_recall=ref, honoured=sorted(p.original.honoured),
               retain_hash=read_manifest(p.retain_uri).content_hash(),
-              twin_state=read_twin(model_uri, as_numpy=True))
+              twin_state=read_twin(model_uri, info, as_numpy=True))
     if k_gold:  # a comparison trains Gold anyway: read D_r now, outside every method's wall time
         job.retain_dataset()
     ctx = AuditContext.build(fset, p.original, seed=0)

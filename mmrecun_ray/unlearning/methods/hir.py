@@ -232,8 +232,9 @@ class HIRTwin(Method):
     """``hir-twin``: HIR on a standby twin, served in the model's place.
 
     A model trained with ``train --twin`` carries a *twin*: the same recipe trained from
-    another seed (the training seed + :data:`~mmrecun_ray.training.train.TWIN_SEED_OFFSET`, away from the Gold band's
-    seeds) on the same data. Both hold what D_f taught them; both get the same HIR
+    another seed (the training seed +
+    :data:`~mmrecun_ray.training.train.TWIN_SEED_OFFSET`, away from the Gold band's seeds)
+    on the same data. Both hold what D_f taught them; both get the same HIR
     correction (:class:`HIR`, same settings, each calibrated on its own curve). The corrected
     twin is served, and the corrected served model becomes the new standby, so every request
     swaps the two.
