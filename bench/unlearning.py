@@ -44,6 +44,12 @@ def _num(v: object, spec: str = ".4f") -> str:
     return format(v, spec) if isinstance(v, (int, float)) and not isinstance(v, bool) else "—"
 
 
+def _speedup(v: object) -> str:
+    """``"12.3x"``, or ``"—"`` where there is none (a reference row unlearns nothing)."""
+    text = _num(v, ",.1f")
+    return text if text == "—" else text + "x"
+
+
 def table(p: dict) -> list[str]:
     """Markdown rows of one compare payload (methods, then the band)."""
     rows, bands = p["methods"], p["bands"]
@@ -56,7 +62,7 @@ def table(p: dict) -> list[str]:
         v, verd = r["audit"]["values"], r.get("verdicts", {})
         cells = [_num(v.get(m)) + MARKERS.get(verd.get(m, "n/a"), "") for _, m in cols]
         out.append(f"| {r['method']} | " + " | ".join(cells) +
-                   f" | {_num(r.get('wall_seconds'), '.2f')} | {_num(r.get('speedup_vs_gold'), ',.1f')}x"
+                   f" | {_num(r.get('wall_seconds'), '.2f')} | {_speedup(r.get('speedup_vs_gold'))}"
                    f" | {'yes' if r.get('passes') else 'no'} |")
     golds = [r for r in rows if r["role"] == "gold"]
     band = [f"{bands[m]['mean']:.4f} ± {bands[m]['half_width']:.4f}" for _, m in cols]

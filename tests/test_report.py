@@ -46,7 +46,7 @@ def runs() -> list[AuditedRun]:
     return [AuditedRun("mmrecun", "method", leaky, seed=0, wall_seconds=10.5, peak_rss_mb=900.4,
                        peak_rss_tree_mb=1400.0),
             AuditedRun("good", "method", good, seed=0, wall_seconds=21.0),
-            AuditedRun("original", "reference", orig),
+            AuditedRun("original", "reference", orig, wall_seconds=0.0005, speedup_vs_gold=2e5),
             AuditedRun("gold", "gold", gold_a, seed=0, wall_seconds=100.0),
             AuditedRun("gold-s1", "gold", gold_b, seed=1, wall_seconds=110.0)]
 
@@ -75,6 +75,8 @@ def test_payload_bands_pairs_and_verdicts() -> None:
     assert len(rows["gold"]["paired"]["fold_in_recall@20"]) == 1
     # speed-up from the mean Gold wall (105 s); overlap from the top-20 lists (10 of 20 shared)
     assert rows["mmrecun"]["speedup_vs_gold"] == pytest.approx(10.0)
+    # a reference row unlearns nothing: no speed-up, even when one was handed in
+    assert rows["original"]["speedup_vs_gold"] is None
     assert rows["mmrecun"]["overlap_vs_golds"] == [0.5, 0.5]
     assert p["gold_overlap_ceiling"] == 0.5
 

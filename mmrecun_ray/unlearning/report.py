@@ -139,7 +139,8 @@ class AuditedRun:
             (shown and judged for context, e.g. the original model).
         result: its audit (same context as the others).
         seed, wall_seconds, peak_rss_mb, peak_rss_tree_mb: as measured (None = unknown).
-        speedup_vs_gold: given, or None to compute mean Gold wall / this wall.
+        speedup_vs_gold: given, or None to compute mean Gold wall / this wall; always
+            None for a ``reference`` row (it unlearns nothing).
     """
 
     method: str
@@ -185,8 +186,10 @@ def build_payload(runs: Sequence[AuditedRun], request: dict[str, Any], model: st
                   for m in bands if m in r.result.values}
         overlaps = [topk_overlap(r.result.top20, g.top20) for g in others
                     if r.result.top20 is not None and g.top20 is not None]
-        speedup = r.speedup_vs_gold
-        if speedup is None and gold_wall and _num(r.wall_seconds):
+        # a reference row (the original model, the retain graph) runs no unlearning: its
+        # "wall" is a graph swap, and a speed-up over Gold would read as a method's
+        speedup = None if r.role == "reference" else r.speedup_vs_gold
+        if speedup is None and r.role != "reference" and gold_wall and _num(r.wall_seconds):
             speedup = gold_wall / r.wall_seconds
         rows.append({
             "method": r.method, "role": r.role, "seed": r.seed,
