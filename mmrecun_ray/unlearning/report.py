@@ -188,9 +188,11 @@ def build_payload(runs: Sequence[AuditedRun], request: dict[str, Any], model: st
                     if r.result.top20 is not None and g.top20 is not None]
         # a reference row (the original model, the retain graph) runs no unlearning: its
         # "wall" is a graph swap, and a speed-up over Gold would read as a method's
-        speedup = None if r.role == "reference" else r.speedup_vs_gold
-        if speedup is None and r.role != "reference" and gold_wall and _num(r.wall_seconds):
-            speedup = gold_wall / r.wall_seconds
+        speedup = None
+        if r.role != "reference":
+            speedup = r.speedup_vs_gold
+            if speedup is None and gold_wall and _num(r.wall_seconds):
+                speedup = gold_wall / r.wall_seconds
         rows.append({
             "method": r.method, "role": r.role, "seed": r.seed,
             "wall_seconds": r.wall_seconds, "speedup_vs_gold": speedup,
