@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from mmrecun_ray.data.dataset import load_dataset
-from mmrecun_ray.data.schema import RecDataset
+from mmrecun_ray.data.schema import Interactions, Manifest, RecDataset
 from mmrecun_ray.data.synthetic import prepare_synthetic
 from mmrecun_ray.errors import ConfigError
 from mmrecun_ray.evaluation.evaluate import evaluate_embeddings
@@ -22,11 +22,11 @@ from mmrecun_ray.objectives import NegativeSampler, bpr_loss
 from mmrecun_ray.training.config import LoopConfig
 from mmrecun_ray.training.export import ModelInfo, build_from_state
 from mmrecun_ray.training.runner import Scaling
-from mmrecun_ray.unlearning.influence import (DampedRows, ItemsLayout, KnownItems, RowCorrection,
-                                              batched_eigh, calibrate, choose_damping,
-                                              final_embeddings, forget_gradient, grouped_auc,
-                                              is_linear_map, make_calibrator, retain_curvature,
-                                              weighted_grams)
+from mmrecun_ray.unlearning.influence import (DampedRows, ItemsLayout, KnownItems, MembershipShape,
+                                              RowCorrection, RowSide, RowSystem, batched_eigh, calibrate,
+                                              calibrate_mix, choose_damping, final_embeddings,
+                                              forget_gradient, grouped_auc, is_linear_map,
+                                              make_calibrator, retain_curvature, weighted_grams)
 from mmrecun_ray.unlearning.methods import Job, MethodResult, build_methods
 from mmrecun_ray.unlearning.methods.hir import HIR, HIRTwin
 from mmrecun_ray.unlearning.requests import ForgetSet, parse_request, resolve_request
@@ -218,6 +218,69 @@ def test_grouped_auc_counts_within_group_wins_with_half_ties() -> None:
     torch.testing.assert_close(den, torch.tensor([4.0, 2.0], dtype=torch.float64))
 
 
+def _hand_retain() -> RecDataset:
+    """3 users, 6 items: retain train 0:{0} 1:{0} 2:{1}; validation 0:{3} 1:{5}."""
+    def inter(pairs: list[tuple[int, int]]) -> Interactions:
+        a = np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
+        return Interactions(user=a[:, 0].copy(), item=a[:, 1].copy())
+    man = Manifest(name="hand", n_users=3, n_items=6, counts={}, modalities={})
+    return RecDataset(3, 6, inter([(0, 0), (1, 0), (2, 1)]), inter([(0, 3), (1, 5)]),
+                      inter([]), {}, man, uri="memory://hand")
+
+
+def test_membership_shape_compares_forget_and_weighted_validation_pairs_by_hand() -> None:
+    """User u's scores are coordinate u of the item rows; every item a user could draw as a
+    non-member scores 0, so a pair counts 1 when its score is > 0, else 0.
+    User 0: D_f items 1 (+1), 2 (-1) -> 1; validation item 3 (+1) weighted 2/1 -> 2.
+    User 1: D_f item 4 (+1) -> 1; validation 5 (+1) -> 1. User 2 holds no validation pair
+    and is left out (its D_f pair scores +100). d = ((1 - 2) + (1 - 1)) / 3 = -1/3;
+    clustered s.e. sqrt((1/3)^2 + (1/3)^2) / 3 * sqrt(2) = 2/9."""
+    f_u = torch.eye(3, dtype=torch.float64)
+    f_i = torch.tensor([[0, 0, 100], [1, 0, 0], [-1, 0, 0], [1, 0, 0], [0, 1, 0], [0, 1, 0]],
+                       dtype=torch.float64)
+    shape = MembershipShape(_hand_retain(), np.array([0, 0, 1, 2]), np.array([1, 2, 4, 0]), n_neg=5)
+    assert shape.n_units == 2
+    d, se = shape(f_u, f_i)
+    assert d == pytest.approx(-1 / 3) and se == pytest.approx(2 / 9)
+    # the D_f side alone moves it: user 0's item 2 above the non-members -> (2 - 2 + 0) / 3 = 0
+    f_i[2, 0] = 0.5
+    assert shape(f_u, f_i)[0] == pytest.approx(0.0)
+
+
+def test_curvature_mix_search_stops_near_the_checks_zero_and_keeps_mix_0_when_not_needed() -> None:
+    """One item row, ``H(mix) = A + mix B`` (checked against a direct solve); the calibrator
+    reads 'at target' everywhere (the most damping is taken) and the check is ``c - |dF|``,
+    which rises with the mix."""
+    gen = torch.Generator().manual_seed(3)
+    qa, qb = (torch.randn(4, 4, generator=gen, dtype=torch.float64) for _ in range(2))
+    a_m = qa @ qa.T + torch.eye(4, dtype=torch.float64)
+    b_m = qb @ qb.T
+    g = torch.randn(1, 4, generator=gen, dtype=torch.float64)
+    none = torch.zeros(0, 4, 4, dtype=torch.float64)
+    system = RowSystem(np.array([0]), np.zeros(0, np.int64), RowSide(g, a_m[None], b_m[None]),
+                       RowSide(torch.zeros(0, 4, dtype=torch.float64), none, none), "global")
+    corr = system.correction(0.4)
+    c = float(torch.diagonal(a_m + 0.4 * b_m).mean())                 # global scale: trace / d
+    torch.testing.assert_close(corr.items(2.0 * corr.c_items)[0],
+                               torch.linalg.solve(a_m + 0.4 * b_m + 2.0 * c * torch.eye(4), g[0]))
+    f_u, f_i = torch.zeros(1, 4, dtype=torch.float64), torch.zeros(1, 4, dtype=torch.float64)
+    norms = {m: float(system.correction(m).apply(f_u, f_i, 1.0)[1].norm()) for m in (0.0, 0.4, 1.0)}
+    assert norms[0.0] > norms[0.4] > norms[1.0]
+    cal = lambda fu, fi: (0.5, 0.0)                         # noqa: E731
+    check = lambda fu, fi: (norms[0.4] - float(fi.norm()), 0.0)   # noqa: E731  zero at mix 0.4
+    best, tried = calibrate_mix(system, f_u, f_i, cal, check, [1.0], steps=5)
+    assert [t.mix for t in tried[:2]] == [0.0, 0.25] and len(tried) == 7
+    assert abs(best.mix - 0.4) < 0.01, [t.record() for t in tried]
+    assert abs(best.shape) < 0.02 * min(abs(tried[0].shape), abs(tried[1].shape))
+    # a root past the trained model's own curvature: the search stops at mix 1
+    beyond = lambda fu, fi: (0.5 * norms[1.0] - float(fi.norm()), 0.0)   # noqa: E731
+    best, tried = calibrate_mix(system, f_u, f_i, cal, beyond, [1.0], steps=5)
+    assert best.mix == 1.0 and len(tried) == 3
+    # a check already >= 0 at mix 0: the plain step, one point tried
+    best, tried = calibrate_mix(system, f_u, f_i, cal, lambda fu, fi: (0.01, 0.0), [1.0])
+    assert best.mix == 0.0 and len(tried) == 1
+
+
 # -- the method on trained models --------------------------------------------------------------
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory: pytest.TempPathFactory) -> RecDataset:
@@ -358,6 +421,24 @@ def test_items_and_interactions_requests_are_calibrated(tiny, lightgcn, spec) ->
                                job.state["item_embedding.weight"][banned])
 
 
+def test_interactions_curvature_mix_brings_the_membership_check_towards_zero(tiny, lightgcn) -> None:
+    """On ``interactions`` the default sets the curvature mix from held-out data: D_f's
+    score-MIA AUC against the same users' validation pairs (the check, rebuilt here apart from
+    the method) moves from well below 0 at mix 0 towards 0, and the damping calibration
+    still holds the statistic at 1/2. ``users``/``items`` requests keep mix 0."""
+    job = _job(tiny, lightgcn, "lightgcn", "interactions:10%")
+    check = MembershipShape(job.fset.retain, job.fset.forget.user, job.fset.forget.item, seed=5)
+    plain = HIR(build_methods(["hir"], {"curvature_mix": "0"})[0].settings).run(job)
+    auto = HIR().run(job)
+    d_plain = check(*_finals(job, plain.state))[0]
+    d_auto = check(*_finals(job, auto.state))[0]
+    assert d_plain < -0.015 and abs(d_auto) < 0.5 * abs(d_plain), (d_plain, d_auto)
+    assert 0 < auto.extra["hir"]["curvature_mix"] <= 1 and len(auto.extra["hir"]["mix_curve"]) == 3
+    assert abs(_statistic(job.fset, *_finals(job, auto.state))[0] - 0.5) < 0.03
+    users = HIR().run(_job(tiny, lightgcn, "lightgcn", "users:10%")).extra["hir"]
+    assert users["curvature_mix"] == 0.0 and users["mix_curve"] == []
+
+
 def test_items_statistic_on_sampled_candidates_tracks_the_exact_one(tiny, lightgcn) -> None:
     """``max_candidates`` (off by default): a user's percentile among uniform catalogue draws
     instead of every item. On the trained model and on HIR's result the sampled statistic
@@ -409,8 +490,15 @@ def test_settings_come_from_set_strings() -> None:
     (method,) = build_methods(["hir"], {"kappa_points": "5", "damping": "row", "fixed_kappa": "null"})
     assert method.settings.kappas()[0] == pytest.approx(0.02) and len(method.settings.kappas()) == 5
     assert method.settings.damping == "row" and method.settings.fixed_kappa is None
+    (method,) = build_methods(["hir"], {"curvature_mix": "0.3", "mix_steps": "2"})
+    assert method.settings.curvature_mix == 0.3 and method.settings.mix_steps == 2
+    assert build_methods(["hir"], {})[0].settings.curvature_mix is None
     with pytest.raises(ConfigError):
         build_methods(["hir"], {"damping": "diagonal"})
+    with pytest.raises(ConfigError, match=r"curvature_mix must be in \[0, 1\].*got 1.5"):
+        build_methods(["hir"], {"curvature_mix": "1.5"})[0].check(
+            ModelInfo(model="lightgcn", params={}, n_users=1, n_items=1, modalities={},
+                      data_uri="", manifest_hash="", loop_config={}))
 
 
 # -- real data -----------------------------------------------------------------------------------

@@ -23,7 +23,8 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="a method setting, coerced to its type (true/false, numbers, null); unknown "
                         "keys are refused. hir: neg_per_user, kappa_min, kappa_max, kappa_points, damping "
-                        "(global|row|sqrt), splits, foldin_ridge, calibration_candidates, target, "
+                        "(global|row|sqrt), curvature_mix (null: set from held-out data on "
+                        "interactions), mix_steps, splits, foldin_ridge, calibration_candidates, target, "
                         "tolerance_se, scan_patience, fixed_kappa, "
                         "cg_iters, cg_tol, seed; mmrecun/neggrad: alpha, beta, batch_size, forget_ratio, "
                         "lr_scale, learning_rate, max_steps, epochs, eval_steps, forget_target "

@@ -17,7 +17,10 @@ and FREEDOM in eval mode).
 4. :class:`Calibrator` / :func:`choose_damping`: the damping scale ``kappa``
    (``lam_r = kappa * c_r``) that makes D_f exchangeable with held-out pairs of the same
    users / items (an attacker's statistic that is 1/2 for a model that never saw D_f).
-5. :func:`solve_ego`: ``dE`` with ``M dE = dF`` (CG when ``M`` is symmetric, BiCGSTAB
+5. :class:`RowSystem` / :class:`MembershipShape` / :func:`calibrate_mix` (``interactions``):
+   the curvature ``H_r(D_r) + mix H_r(D_f)``, ``mix`` set where D_f's score-MIA AUC matches
+   that of the same users' validation pairs (the damping re-calibrated at every mix tried).
+6. :func:`solve_ego`: ``dE`` with ``M dE = dF`` (CG when ``M`` is symmetric, BiCGSTAB
    otherwise, CG on the normal equations as the fallback).
 """
 
@@ -35,6 +38,7 @@ import torch
 from torch.func import functional_call
 
 from mmrecun_ray.data.schema import RecDataset
+from mmrecun_ray.evaluation.membership import sample_nonmembers
 from mmrecun_ray.models.base import Recommender
 from mmrecun_ray.objectives.sampling import NegativeSampler
 
@@ -374,11 +378,61 @@ class RowCorrection:
         return f_u + d_fu, f_i + d_fi
 
 
-def row_correction(fo_u: torch.Tensor, fo_i: torch.Tensor, retain: RecDataset,
-                   forget_user: np.ndarray, forget_item: np.ndarray, kind: str,
-                   redrawn_users: np.ndarray, active: np.ndarray, neg_per_user: int = 64,
-                   damping: str = "global", seed: int = 0) -> RowCorrection:
-    """Gradient, curvature and damping scales of every row D_f taught that is not re-drawn.
+@dataclass
+class RowSide:
+    """One side's rows for :class:`RowSystem`: gradients ``g`` ``(R, d)``, retain curvature
+    blocks ``h`` ``(R, d, d)`` and D_f's ``h_f`` (None when not computed)."""
+
+    g: torch.Tensor
+    h: torch.Tensor
+    h_f: torch.Tensor | None = None
+    _plain: DampedRows | None = None
+
+    def at(self, mix: float, damping: str) -> tuple[DampedRows, torch.Tensor]:
+        """The rows and their damping scales at curvature ``H_r(D_r) + mix H_r(D_f)`` (one
+        batched eigendecomposition per mix; mix 0's is kept)."""
+        if not mix:
+            if self._plain is None:
+                self._plain = DampedRows(self.h, self.g)
+            return self._plain, damping_scale(self.h, damping)
+        if self.h_f is None:
+            raise ValueError("curvature mix > 0 needs the D_f curvature (row_system(forget_part=True))")
+        h = torch.add(self.h, self.h_f, alpha=float(mix))
+        return DampedRows(h, self.g), damping_scale(h, damping)
+
+
+@dataclass
+class RowSystem:
+    """What the damped step of every corrected row is built from, for any curvature mix
+    ``t``: ``H_r = H_r(D_r) + t H_r(D_f)``, ``H_r(D_f)`` the row's curvature over its D_f
+    pairs. ``t`` 0 is the Newton step of the retain objective at the trained model; 1 uses the
+    trained model's own curvature; in between, a secant curvature along the way from the one
+    optimum to the other.
+
+    Attributes:
+        item_rows, user_rows: ``(R_i,)``, ``(R_u,)`` int64 rows corrected.
+        items, users: their :class:`RowSide`.
+        damping: how ``c_r`` is taken (:func:`damping_scale`).
+    """
+
+    item_rows: np.ndarray
+    user_rows: np.ndarray
+    items: RowSide
+    users: RowSide
+    damping: str
+
+    def correction(self, mix: float = 0.0) -> RowCorrection:
+        """The damped steps at curvature mix ``mix``."""
+        items, c_i = self.items.at(mix, self.damping)
+        users, c_u = self.users.at(mix, self.damping)
+        return RowCorrection(self.item_rows, self.user_rows, items, users, c_i, c_u)
+
+
+def row_system(fo_u: torch.Tensor, fo_i: torch.Tensor, retain: RecDataset,
+               forget_user: np.ndarray, forget_item: np.ndarray, kind: str,
+               redrawn_users: np.ndarray, active: np.ndarray, neg_per_user: int = 64,
+               damping: str = "global", seed: int = 0, forget_part: bool = False) -> RowSystem:
+    """Gradient and curvature of every row D_f taught that is not re-drawn.
 
     Args:
         fo_u, fo_i: ``(n_users, d)``, ``(n_items, d)`` final embeddings of the trained model
@@ -388,6 +442,7 @@ def row_correction(fo_u: torch.Tensor, fo_i: torch.Tensor, retain: RecDataset,
         kind: the request kind; ``users`` requests correct item rows only (the users are
             re-drawn), the others item rows and the rows of D_f users who keep data.
         redrawn_users: ``(k,)`` user rows re-drawn; active: ``(n_items,)`` bool catalogue.
+        forget_part: also the rows' curvature over D_f (for a curvature mix > 0).
     """
     n_users, n_items = retain.n_users, retain.n_items
     ru, ri = retain.train.user.astype(np.int64), retain.train.item.astype(np.int64)
@@ -399,10 +454,14 @@ def row_correction(fo_u: torch.Tensor, fo_i: torch.Tensor, retain: RecDataset,
                  else np.setdiff1d(np.unique(fu), redrawn_users))
     known_r = KnownItems(ru, ri, n_users, n_items, active)
     h_i, h_u = retain_curvature(fo_u, fo_i, ru, ri, known_r, neg_per_user, seed, item_rows, user_rows)
-    return RowCorrection(item_rows, user_rows,
-                         DampedRows(h_i, g_i[torch.from_numpy(item_rows)]),
-                         DampedRows(h_u, g_u[torch.from_numpy(user_rows)]),
-                         damping_scale(h_i, damping), damping_scale(h_u, damping))
+    f_i = f_u = None
+    if forget_part and fu.size:
+        known_f = KnownItems(np.concatenate([ru, fu]), np.concatenate([ri, fi]), n_users, n_items,
+                             active)
+        f_i, f_u = retain_curvature(fo_u, fo_i, fu, fi, known_f, neg_per_user, seed + 1,
+                                    item_rows, user_rows)
+    return RowSystem(item_rows, user_rows, RowSide(g_i[torch.from_numpy(item_rows)], h_i, f_i),
+                     RowSide(g_u[torch.from_numpy(user_rows)], h_u, f_u), damping)
 
 
 # -- calibration statistic ----------------------------------------------------------------------
@@ -768,6 +827,125 @@ def calibrate(correction: RowCorrection, f_u: torch.Tensor, f_i: torch.Tensor,
         return float(max(kappas)), "no calibration units: the most damping", curve
     kappa, how = choose_damping([c[0] for c in curve], stats, ses, target, tolerance_se)
     return kappa, how, curve
+
+
+class MembershipShape:
+    """Gold-free check of the spread of D_f's scores (``interactions`` requests).
+
+    ``__call__(Fu, Fi)`` -> ``(d, se)``: the score-MIA AUC of D_f against non-members minus
+    the same AUC of the same users' validation pairs, each user's validation pairs weighted
+    to the user's D_f count, both sides against one set of non-members drawn per D_f pair
+    (``n_neg`` each, never a train, D_f or validation pair of the user; no test pair is
+    read). For a model that never saw D_f, a user's D_f and validation pairs are
+    exchangeable, so ``d`` is 0 up to the split's noise; the calibration statistic (the
+    within-user AUC of D_f against the validation pairs) pins the centre of D_f's scores, this
+    their lower tail, which the score-MIA attacker reads. Standard error clustered by user.
+
+    Args:
+        retain: the retain dataset (its validation split is the reference).
+        fu, fi: ``(F,)`` D_f pairs.
+        n_neg, seed: non-members per D_f pair and their seed.
+    """
+
+    def __init__(self, retain: RecDataset, fu: np.ndarray, fi: np.ndarray, n_neg: int = 8,
+                 seed: int = 0) -> None:
+        n_users, n_items = retain.n_users, retain.n_items
+        fu, fi = np.asarray(fu, np.int64), np.asarray(fi, np.int64)
+        hu, hi = retain.valid.user.astype(np.int64), retain.valid.item.astype(np.int64)
+        n_f, n_v = np.bincount(fu, minlength=n_users), np.bincount(hu, minlength=n_users)
+        kf, kv = n_v[fu] > 0, n_f[hu] > 0
+        self.fu, self.fi = torch.from_numpy(fu[kf]), torch.from_numpy(fi[kf])
+        self.hu, self.hi = torch.from_numpy(hu[kv]), torch.from_numpy(hi[kv])
+        self.w = torch.from_numpy(n_f[hu[kv]] / n_v[hu[kv]]).double()
+        self.n_users = n_users
+        self.n_units = int(np.unique(fu[kf]).size)
+        keys = np.concatenate([retain.train.user.astype(np.int64) * n_items + retain.train.item,
+                               fu * n_items + fi, hu * n_items + hi])
+        users = fu[kf]
+        self.nu = torch.from_numpy(np.repeat(users, n_neg))
+        self.ni = torch.from_numpy(sample_nonmembers(users, keys, n_items, n_neg, seed).ravel()
+                                   if users.size else np.zeros(0, np.int64))
+
+    def __call__(self, f_u: torch.Tensor, f_i: torch.Tensor) -> tuple[float, float]:
+        if self.fu.numel() == 0:
+            return float("nan"), float("nan")
+        neg = torch.sort((f_u[self.nu] * f_i[self.ni]).sum(1).double()).values
+        n = float(neg.numel())
+
+        def below(u: torch.Tensor, i: torch.Tensor) -> torch.Tensor:
+            return torch.searchsorted(neg, (f_u[u] * f_i[i]).sum(1).double()).double() / n
+        num = torch.zeros(self.n_users, dtype=torch.float64)
+        num.index_add_(0, self.fu, below(self.fu, self.fi))
+        num.index_add_(0, self.hu, -self.w * below(self.hu, self.hi))
+        den = torch.zeros(self.n_users, dtype=torch.float64).index_add_(
+            0, self.fu, torch.ones(self.fu.numel(), dtype=torch.float64))
+        return ratio_and_se(num, den)
+
+
+@dataclass
+class MixPoint:
+    """One curvature mix tried: its damping choice and the shape check there."""
+
+    mix: float
+    correction: RowCorrection
+    kappa: float
+    how: str
+    curve: list[tuple[float, float, float]]
+    shape: float
+    shape_se: float
+
+    def record(self) -> list[float]:
+        """``[mix, kappa, shape, shape_se]`` for the diagnostics."""
+        return [self.mix, self.kappa, self.shape, self.shape_se]
+
+
+def calibrate_mix(system: RowSystem, f_u: torch.Tensor, f_i: torch.Tensor,
+                  calibrator: Callable[[torch.Tensor, torch.Tensor], tuple[float, float]],
+                  shape: Callable[[torch.Tensor, torch.Tensor], tuple[float, float]],
+                  kappas: list[float], target: float = 0.5, tolerance_se: float = 0.0,
+                  patience: int = 2, steps: int = 1,
+                  probe: float = 0.25) -> tuple[MixPoint, list[MixPoint]]:
+    """Set the curvature mix (:meth:`RowSystem.correction`) in ``[0, 1]`` where the shape
+    check reaches 0, the damping at each mix by :func:`calibrate`.
+
+    The check rises with the mix (more curvature, less correction of the rows D_f pulled
+    hardest). Mix 0 is kept when its check is already >= 0. Otherwise ``probe`` is tried,
+    then ``steps`` secant steps clipped to ``[0, 1]`` (regula falsi, Illinois variant, once
+    the root is bracketed); the point tried whose check is nearest 0 is returned, with every
+    point tried (in the order tried). Each point costs one batched eigendecomposition and
+    one damping scan.
+    """
+    def at(mix: float) -> MixPoint:
+        corr = system.correction(mix)
+        kappa, how, curve = calibrate(corr, f_u, f_i, calibrator, kappas, target, tolerance_se,
+                                      patience)
+        d, se = shape(*corr.apply(f_u, f_i, kappa))
+        return MixPoint(float(mix), corr, kappa, how, curve, d, se)
+    tried = [at(0.0)]
+    if not math.isfinite(tried[0].shape) or tried[0].shape >= 0:
+        return tried[0], tried
+    tried.append(at(probe))
+    (t_lo, d_lo), (t_hi, d_hi) = [(m.mix, m.shape) for m in tried]
+    side = 0
+    for _ in range(steps):
+        if d_hi < 0:                       # not bracketed yet: secant, clipped to [t_hi, 1]
+            if t_hi >= 1.0:
+                break                      # even the trained model's own curvature is below
+            t = t_hi + (t_hi - t_lo) * (-d_hi) / max(d_hi - d_lo, 1e-12)
+            mid = at(min(max(t, t_hi), 1.0))
+            tried.append(mid)
+            (t_lo, d_lo), (t_hi, d_hi) = (t_hi, d_hi), (mid.mix, mid.shape)
+            continue
+        mid = at(t_lo + (t_hi - t_lo) * (-d_lo) / max(d_hi - d_lo, 1e-12))
+        tried.append(mid)
+        if mid.shape < 0:                  # regula falsi, Illinois: halve the kept end's value
+            t_lo, d_lo, d_hi = mid.mix, mid.shape, d_hi / 2 if side == -1 else d_hi
+            side = -1
+        else:
+            t_hi, d_hi, d_lo = mid.mix, mid.shape, d_lo / 2 if side == 1 else d_lo
+            side = 1
+    best = min(tried, key=lambda m: abs(m.shape))
+    return best, tried
 
 
 # -- realisation in the ID tables ---------------------------------------------------------------

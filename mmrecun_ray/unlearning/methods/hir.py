@@ -24,7 +24,16 @@ No training loop, no Ray workers: seconds on a CPU for ``users``, ``items`` and
    it, the least correction within one standard error of the curve's minimum; the scan
    then stops once ``scan_patience`` points in a row lie above that floor (the curve has
    turned: more correction overshoots).
-4. **Realisation**: ``M dE = dF`` solved by conjugate gradients (BiCGSTAB when ``M`` is not
+4. **Curvature mix from held-out data** (``interactions`` requests): the damping pins the
+   centre of D_f's scores; their spread depends on the curvature. With the retain curvature
+   alone, rows D_f pulled hardest are over-corrected and the lightly pulled ones under, so
+   D_f's lower tail against never-seen pairs (what the score-MIA attacker reads) sits below a
+   retrain's. ``H_r = H_r(D_r) + mix H_r(D_f)`` (a secant curvature between the two optima)
+   with ``mix`` in ``[0, 1]`` set where D_f's score-MIA AUC equals that of the same users'
+   validation pairs (both against one draw of non-members; equal for a model that never saw
+   D_f), the damping re-calibrated at every mix tried (mix 0, a probe, ``mix_steps``
+   secant steps).
+5. **Realisation**: ``M dE = dF`` solved by conjugate gradients (BiCGSTAB when ``M`` is not
    symmetric), ``M`` the model's linear map ID tables -> final embeddings over the retain
    graph, so rows outside ``dF`` keep their final embeddings up to the CG tolerance.
 
@@ -53,8 +62,9 @@ import torch
 from mmrecun_ray.errors import ConfigError
 from mmrecun_ray.objectives import RefitRows
 from mmrecun_ray.training.export import ModelInfo, build_from_state
-from mmrecun_ray.unlearning.influence import (calibrate, final_embeddings, is_linear_map,
-                                              make_calibrator, row_correction, solve_ego)
+from mmrecun_ray.unlearning.influence import (MembershipShape, calibrate, calibrate_mix,
+                                              final_embeddings, is_linear_map, make_calibrator,
+                                              row_system, solve_ego)
 from mmrecun_ray.unlearning.methods.base import (Job, Method, MethodResult, method_info, register,
                                                  settings_dict)
 from mmrecun_ray.unlearning.methods.redraw import redraw_inputs, redrawn_start
@@ -75,6 +85,14 @@ class HIRSettings:
             (``lam_r = kappa * c_r``).
         damping: ``c_r``: ``global`` (mean row curvature ``trace/d`` of the side), ``row``
             (the row's own) or ``sqrt`` (their geometric mean).
+        curvature_mix: ``H_r = H_r(D_r) + mix H_r(D_f)``: 0 the retain curvature (the Newton
+            step of the retain objective at the trained model), 1 the trained model's own.
+            null (default): 0 for ``users`` / ``items`` requests; for ``interactions`` set
+            from held-out data (:class:`~mmrecun_ray.unlearning.influence.MembershipShape`:
+            D_f's score-MIA AUC against that of the same users' validation pairs), each mix
+            tried with its own damping calibration.
+        mix_steps: secant / regula-falsi steps of that search after mix 0 and a probe at
+            0.25 (each one more eigendecomposition and damping scan).
         splits: random halvings averaged in the calibration statistic.
         foldin_ridge: ridge of the attacker's fresh vector, relative to mean ``|F|^2``.
         calibration_candidates: ``items`` requests: take each user's percentile in the
@@ -100,6 +118,8 @@ class HIRSettings:
     kappa_max: float = 20.0
     kappa_points: int = 16
     damping: Literal["global", "row", "sqrt"] = "global"
+    curvature_mix: float | None = None
+    mix_steps: int = 1
     splits: int = 4
     foldin_ridge: float = 1e-3
     calibration_candidates: int = 0
@@ -138,6 +158,12 @@ class HIR(Method):
         if self.settings.scan_patience < 0:
             raise ConfigError(f"hir: scan_patience must be >= 0 (0: the whole grid), got "
                               f"{self.settings.scan_patience}")
+        mix = self.settings.curvature_mix
+        if mix is not None and not 0.0 <= mix <= 1.0:
+            raise ConfigError(f"hir: curvature_mix must be in [0, 1] (null: set from held-out "
+                              f"data), got {mix}")
+        if self.settings.mix_steps < 0:
+            raise ConfigError(f"hir: mix_steps must be >= 0, got {self.settings.mix_steps}")
         if self.settings.calibration_candidates < 0:
             raise ConfigError(f"hir: calibration_candidates must be >= 0 (0: every item), got "
                               f"{self.settings.calibration_candidates}")
@@ -188,19 +214,31 @@ class HIR(Method):
         model.load_state_dict({k: torch.as_tensor(v) for k, v in redrawn.items()}, strict=False)
         fr_u, fr_i = final_embeddings(model)
         t1 = time.perf_counter()
-        corr = row_correction(fo_u, fo_i, r, fu, fi, kind, redrawn_users, active,
-                              s.neg_per_user, s.damping, s.seed)
+        auto_mix = s.curvature_mix is None and kind == "interactions"
+        mix = 0.0 if s.curvature_mix is None else float(s.curvature_mix)
+        system = row_system(fo_u, fo_i, r, fu, fi, kind, redrawn_users, active, s.neg_per_user,
+                            s.damping, s.seed, forget_part=auto_mix or bool(mix))
         t2 = time.perf_counter()
         held = fset.held_out_removed
         cal = make_calibrator(r, fu, fi, kind, fset.banned_items,
                               None if held is None else (held.user, held.item),
                               s.splits, s.foldin_ridge, s.seed, s.calibration_candidates)
         before = cal(fr_u, fr_i)
+        mix_curve: list[list[float]] = []
         if s.fixed_kappa is not None:
+            corr = system.correction(mix)
             kappa, how, curve = float(s.fixed_kappa), "fixed", []
+        elif auto_mix:
+            shape = MembershipShape(r, fu, fi, seed=s.seed)
+            point, tried = calibrate_mix(system, fr_u, fr_i, cal, shape, kappas, s.target,
+                                         s.tolerance_se, s.scan_patience, s.mix_steps)
+            corr, kappa, how, curve, mix = point.correction, point.kappa, point.how, point.curve, point.mix
+            mix_curve = [m.record() for m in tried]
         else:
+            corr = system.correction(mix)
             kappa, how, curve = calibrate(corr, fr_u, fr_i, cal, kappas, s.target, s.tolerance_se,
                                           s.scan_patience)
+        del system
         scanned = {c[0]: (c[1], c[2]) for c in curve}
         chosen = scanned.get(kappa) or cal(*corr.apply(fr_u, fr_i, kappa))
         t3 = time.perf_counter()
@@ -213,7 +251,8 @@ class HIR(Method):
         after = cal(fa_u, fa_i)
         t4 = time.perf_counter()
         rows_i = torch.from_numpy(corr.item_rows)
-        diag = {"kappa": kappa, "kappa_how": how, "target": s.target,
+        diag = {"kappa": kappa, "kappa_how": how, "target": s.target, "curvature_mix": mix,
+                "mix_curve": mix_curve,
                 "stat_before": before[0], "stat_before_se": before[1],
                 "stat_chosen": chosen[0], "stat_after": after[0], "stat_after_se": after[1],
                 "calibration_units": cal.n_units, "curve": [list(c) for c in curve],
