@@ -272,6 +272,7 @@ def test_curvature_mix_search_stops_near_the_checks_zero_and_keeps_mix_0_when_no
     assert [t.mix for t in tried[:2]] == [0.0, 0.25] and len(tried) == 7
     assert abs(best.mix - 0.4) < 0.01, [t.record() for t in tried]
     assert abs(best.shape) < 0.02 * min(abs(tried[0].shape), abs(tried[1].shape))
+    assert best.correction is not None and all(t.correction is None for t in tried if t is not best)
     # a root past the trained model's own curvature: the search stops at mix 1
     beyond = lambda fu, fi: (0.5 * norms[1.0] - float(fi.norm()), 0.0)   # noqa: E731
     best, tried = calibrate_mix(system, f_u, f_i, cal, beyond, [1.0], steps=5)

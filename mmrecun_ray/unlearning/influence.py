@@ -301,6 +301,17 @@ def batched_eigh(h: torch.Tensor) -> Pair:
     return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
 
 
+def mixed_eigh(h: torch.Tensor, h_f: torch.Tensor, mix: float, chunk: int = 2048) -> Pair:
+    """:func:`batched_eigh` of ``h + mix h_f`` (both ``(R, d, d)``), formed chunk by chunk so
+    that no third ``(R, d, d)`` block array is held beside the two and the result."""
+    e = torch.empty(h.shape[:2], dtype=h.dtype)
+    q = torch.empty_like(h)
+    for s in range(0, h.shape[0], chunk):
+        e[s:s + chunk], q[s:s + chunk] = batched_eigh(torch.add(h[s:s + chunk], h_f[s:s + chunk],
+                                                                alpha=float(mix)))
+    return e, q
+
+
 class DampedRows:
     """``(H_r + lam_r I)^-1 g_r`` for every row and any damping, from one batched
     eigendecomposition ``H_r = Q_r diag(e_r) Q_r^T``.
@@ -308,13 +319,15 @@ class DampedRows:
     Args:
         h: ``(R, d, d)`` symmetric positive semi-definite curvature blocks.
         g: ``(R, d)`` right-hand sides.
+        h_f, mix: decompose ``h + mix h_f`` instead (:func:`mixed_eigh`).
     """
 
-    def __init__(self, h: torch.Tensor, g: torch.Tensor) -> None:
+    def __init__(self, h: torch.Tensor, g: torch.Tensor, h_f: torch.Tensor | None = None,
+                 mix: float = 0.0) -> None:
         self.g = g
         self.e = self.q = self.qg = None
         if h.shape[0]:
-            e, q = batched_eigh(h)
+            e, q = batched_eigh(h) if h_f is None or not mix else mixed_eigh(h, h_f, mix)
             self.e, self.q = e.clamp_min(0.0), q
             self.qg = torch.einsum("rdk,rd->rk", q, g.to(q.dtype))
 
@@ -333,7 +346,14 @@ def damping_scale(h: torch.Tensor, how: str) -> torch.Tensor:
     mean)."""
     if h.shape[0] == 0:
         return torch.zeros(0, dtype=h.dtype)
-    tr = torch.diagonal(h, dim1=1, dim2=2).mean(1).clamp_min(1e-12)
+    return scale_of_traces(torch.diagonal(h, dim1=1, dim2=2).mean(1), how)
+
+
+def scale_of_traces(tr: torch.Tensor, how: str) -> torch.Tensor:
+    """:func:`damping_scale` from the rows' ``trace(H_r)/d`` ``(R,)``."""
+    if tr.numel() == 0:
+        return tr.clone()
+    tr = tr.clamp_min(1e-12)
     glob = tr.mean().expand_as(tr).clone()
     if how == "global":
         return glob
@@ -386,19 +406,17 @@ class RowSide:
     g: torch.Tensor
     h: torch.Tensor
     h_f: torch.Tensor | None = None
-    _plain: DampedRows | None = None
 
     def at(self, mix: float, damping: str) -> tuple[DampedRows, torch.Tensor]:
         """The rows and their damping scales at curvature ``H_r(D_r) + mix H_r(D_f)`` (one
-        batched eigendecomposition per mix; mix 0's is kept)."""
+        batched eigendecomposition per call)."""
         if not mix:
-            if self._plain is None:
-                self._plain = DampedRows(self.h, self.g)
-            return self._plain, damping_scale(self.h, damping)
+            return DampedRows(self.h, self.g), damping_scale(self.h, damping)
         if self.h_f is None:
             raise ValueError("curvature mix > 0 needs the D_f curvature (row_system(forget_part=True))")
-        h = torch.add(self.h, self.h_f, alpha=float(mix))
-        return DampedRows(h, self.g), damping_scale(h, damping)
+        c = scale_of_traces(torch.diagonal(self.h, dim1=1, dim2=2).mean(1)
+                            + float(mix) * torch.diagonal(self.h_f, dim1=1, dim2=2).mean(1), damping)
+        return DampedRows(self.h, self.g, self.h_f, mix), c
 
 
 @dataclass
@@ -887,7 +905,7 @@ class MixPoint:
     """One curvature mix tried: its damping choice and the shape check there."""
 
     mix: float
-    correction: RowCorrection
+    correction: RowCorrection | None
     kappa: float
     how: str
     curve: list[tuple[float, float, float]]
@@ -912,8 +930,8 @@ def calibrate_mix(system: RowSystem, f_u: torch.Tensor, f_i: torch.Tensor,
     hardest). Mix 0 is kept when its check is already >= 0. Otherwise ``probe`` is tried,
     then ``steps`` secant steps clipped to ``[0, 1]`` (regula falsi, Illinois variant, once
     the root is bracketed); the point tried whose check is nearest 0 is returned, with every
-    point tried (in the order tried). Each point costs one batched eigendecomposition and
-    one damping scan.
+    point tried (in the order tried; only the returned one keeps its correction). Each point
+    costs one batched eigendecomposition and one damping scan.
     """
     def at(mix: float) -> MixPoint:
         corr = system.correction(mix)
@@ -925,6 +943,8 @@ def calibrate_mix(system: RowSystem, f_u: torch.Tensor, f_i: torch.Tensor,
     if not math.isfinite(tried[0].shape) or tried[0].shape >= 0:
         return tried[0], tried
     tried.append(at(probe))
+    best = min(tried, key=lambda m: abs(m.shape))
+    _keep_only(tried, best)
     (t_lo, d_lo), (t_hi, d_hi) = [(m.mix, m.shape) for m in tried]
     side = 0
     for _ in range(steps):
@@ -934,20 +954,28 @@ def calibrate_mix(system: RowSystem, f_u: torch.Tensor, f_i: torch.Tensor,
             t = t_hi + (t_hi - t_lo) * (-d_hi) / max(d_hi - d_lo, 1e-12)
             mid = at(min(max(t, t_hi), 1.0))
             tried.append(mid)
+            best = min(best, mid, key=lambda m: abs(m.shape))
+            _keep_only(tried, best)
             (t_lo, d_lo), (t_hi, d_hi) = (t_hi, d_hi), (mid.mix, mid.shape)
             continue
         mid = at(t_lo + (t_hi - t_lo) * (-d_lo) / max(d_hi - d_lo, 1e-12))
         tried.append(mid)
+        best = min(best, mid, key=lambda m: abs(m.shape))
+        _keep_only(tried, best)
         if mid.shape < 0:                  # regula falsi, Illinois: halve the kept end's value
             t_lo, d_lo, d_hi = mid.mix, mid.shape, d_hi / 2 if side == -1 else d_hi
             side = -1
         else:
             t_hi, d_hi, d_lo = mid.mix, mid.shape, d_lo / 2 if side == 1 else d_lo
             side = 1
-    best = min(tried, key=lambda m: abs(m.shape))
     return best, tried
 
 
+def _keep_only(points: list[MixPoint], best: MixPoint) -> None:
+    """Drop the decompositions of every point but ``best`` (each is an ``(R, d, d)`` array)."""
+    for m in points:
+        if m is not best:
+            m.correction = None
 # -- realisation in the ID tables ---------------------------------------------------------------
 Vec = Pair  # a vector of the two tables (user part, item part)
 
