@@ -877,8 +877,8 @@ class MembershipShape:
         self.w = torch.from_numpy(n_f[hu[kv]] / n_v[hu[kv]]).double()
         self.n_users = n_users
         self.n_units = int(np.unique(fu[kf]).size)
-        keys = np.concatenate([retain.train.user.astype(np.int64) * n_items + retain.train.item,
-                               fu * n_items + fi, hu * n_items + hi])
+        keys = np.concatenate([retain.train.keys(n_items), fu * n_items + fi,
+                               retain.valid.keys(n_items)])
         users = fu[kf]
         self.nu = torch.from_numpy(np.repeat(users, n_neg))
         self.ni = torch.from_numpy(sample_nonmembers(users, keys, n_items, n_neg, seed).ravel()
@@ -942,9 +942,18 @@ def calibrate_mix(system: RowSystem, f_u: torch.Tensor, f_i: torch.Tensor,
     tried = [at(0.0)]
     if not math.isfinite(tried[0].shape) or tried[0].shape >= 0:
         return tried[0], tried
-    tried.append(at(probe))
-    best = min(tried, key=lambda m: abs(m.shape))
-    _keep_only(tried, best)
+    best = tried[0]
+
+    def add(point: MixPoint) -> MixPoint:
+        """Record a point; keep only the best point's decomposition (each ``(R, d, d)``)."""
+        nonlocal best
+        tried.append(point)
+        best = min(best, point, key=lambda m: abs(m.shape))
+        for m in tried:
+            if m is not best:
+                m.correction = None
+        return point
+    add(at(probe))
     (t_lo, d_lo), (t_hi, d_hi) = [(m.mix, m.shape) for m in tried]
     side = 0
     for _ in range(steps):
@@ -952,16 +961,10 @@ def calibrate_mix(system: RowSystem, f_u: torch.Tensor, f_i: torch.Tensor,
             if t_hi >= 1.0:
                 break                      # even the trained model's own curvature is below
             t = t_hi + (t_hi - t_lo) * (-d_hi) / max(d_hi - d_lo, 1e-12)
-            mid = at(min(max(t, t_hi), 1.0))
-            tried.append(mid)
-            best = min(best, mid, key=lambda m: abs(m.shape))
-            _keep_only(tried, best)
+            mid = add(at(min(max(t, t_hi), 1.0)))
             (t_lo, d_lo), (t_hi, d_hi) = (t_hi, d_hi), (mid.mix, mid.shape)
             continue
-        mid = at(t_lo + (t_hi - t_lo) * (-d_lo) / max(d_hi - d_lo, 1e-12))
-        tried.append(mid)
-        best = min(best, mid, key=lambda m: abs(m.shape))
-        _keep_only(tried, best)
+        mid = add(at(t_lo + (t_hi - t_lo) * (-d_lo) / max(d_hi - d_lo, 1e-12)))
         if mid.shape < 0:                  # regula falsi, Illinois: halve the kept end's value
             t_lo, d_lo, d_hi = mid.mix, mid.shape, d_hi / 2 if side == -1 else d_hi
             side = -1
@@ -971,11 +974,6 @@ def calibrate_mix(system: RowSystem, f_u: torch.Tensor, f_i: torch.Tensor,
     return best, tried
 
 
-def _keep_only(points: list[MixPoint], best: MixPoint) -> None:
-    """Drop the decompositions of every point but ``best`` (each is an ``(R, d, d)`` array)."""
-    for m in points:
-        if m is not best:
-            m.correction = None
 # -- realisation in the ID tables ---------------------------------------------------------------
 Vec = Pair  # a vector of the two tables (user part, item part)
 

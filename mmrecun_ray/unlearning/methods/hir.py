@@ -214,7 +214,7 @@ class HIR(Method):
         model.load_state_dict({k: torch.as_tensor(v) for k, v in redrawn.items()}, strict=False)
         fr_u, fr_i = final_embeddings(model)
         t1 = time.perf_counter()
-        auto_mix = s.curvature_mix is None and kind == "interactions"
+        auto_mix = s.curvature_mix is None and kind == "interactions" and s.fixed_kappa is None
         mix = 0.0 if s.curvature_mix is None else float(s.curvature_mix)
         system = row_system(fo_u, fo_i, r, fu, fi, kind, redrawn_users, active, s.neg_per_user,
                             s.damping, s.seed, forget_part=auto_mix or bool(mix))
@@ -225,10 +225,7 @@ class HIR(Method):
                               s.splits, s.foldin_ridge, s.seed, s.calibration_candidates)
         before = cal(fr_u, fr_i)
         mix_curve: list[list[float]] = []
-        if s.fixed_kappa is not None:
-            corr = system.correction(mix)
-            kappa, how, curve = float(s.fixed_kappa), "fixed", []
-        elif auto_mix:
+        if auto_mix:
             shape = MembershipShape(r, fu, fi, seed=s.seed)
             point, tried = calibrate_mix(system, fr_u, fr_i, cal, shape, kappas, s.target,
                                          s.tolerance_se, s.scan_patience, s.mix_steps)
@@ -236,8 +233,11 @@ class HIR(Method):
             mix_curve = [m.record() for m in tried]
         else:
             corr = system.correction(mix)
-            kappa, how, curve = calibrate(corr, fr_u, fr_i, cal, kappas, s.target, s.tolerance_se,
-                                          s.scan_patience)
+            if s.fixed_kappa is not None:
+                kappa, how, curve = float(s.fixed_kappa), "fixed", []
+            else:
+                kappa, how, curve = calibrate(corr, fr_u, fr_i, cal, kappas, s.target,
+                                              s.tolerance_se, s.scan_patience)
         del system
         scanned = {c[0]: (c[1], c[2]) for c in curve}
         chosen = scanned.get(kappa) or cal(*corr.apply(fr_u, fr_i, kappa))
