@@ -4,6 +4,7 @@ against a retrained model (skipped when ../shared/data is absent)."""
 
 from __future__ import annotations
 
+import logging
 from dataclasses import replace
 from pathlib import Path
 
@@ -28,7 +29,7 @@ from mmrecun_ray.unlearning.influence import (DampedRows, ItemsLayout, KnownItem
                                               forget_gradient, grouped_auc, is_linear_map,
                                               make_calibrator, retain_curvature, weighted_grams)
 from mmrecun_ray.unlearning.methods import Job, MethodResult, build_methods
-from mmrecun_ray.unlearning.methods.hir import HIR, HIRTwin
+from mmrecun_ray.unlearning.methods.hir import WEAK_CALIBRATION_SE, HIR, HIRSettings, HIRTwin
 from mmrecun_ray.unlearning.requests import ForgetSet, parse_request, resolve_request
 
 
@@ -401,6 +402,32 @@ def test_users_request_keeps_retain_quality(users_run) -> None:
     after = _valid_recall(job.fset, *_finals(job, res.state))
     assert before > 0.5
     assert after >= before - 0.02, (before, after)
+
+
+def test_a_model_that_never_saw_the_forgotten_data_is_flagged_as_weakly_calibrated(
+        tiny, users_run, caplog: pytest.LogCaptureFixture) -> None:
+    """The same request on two models: the one that memorised D_f sits several standard errors
+    above 1/2 before the correction and runs without a warning; one trained on the retain set
+    alone sits at 1/2, so its damping is not set by the data: HIR records that power and says
+    so (unless the damping was fixed by hand)."""
+    job, memorised = users_run
+    hir_log = "mmrecun_ray.unlearning.methods.hir"
+    assert memorised.extra["hir"]["calibration_power"] >= WEAK_CALIBRATION_SE + 1
+    with caplog.at_level(logging.WARNING, logger=hir_log):
+        HIR().run(job)
+    assert "calibration" not in caplog.text
+    never_saw = replace(_job(tiny, _train(job.fset.retain, "lightgcn"), "lightgcn", "users:10%"),
+                        fset=job.fset)
+    with caplog.at_level(logging.WARNING, logger=hir_log):
+        res = HIR().run(never_saw)
+    diag = res.extra["hir"]
+    assert abs(diag["stat_before"] - 0.5) < 2 * diag["stat_before_se"]
+    assert diag["calibration_power"] < WEAK_CALIBRATION_SE
+    assert "calibration barely tells it from a model that never saw" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger=hir_log):
+        HIR(HIRSettings(fixed_kappa=1.0)).run(never_saw)
+    assert "calibration" not in caplog.text
 
 
 @pytest.mark.parametrize("spec", ["items:5%", "interactions:10%"])

@@ -23,7 +23,10 @@ No training loop, no Ray workers: seconds on a CPU for ``users``, ``items`` and
    at the first point at the target (the choice reads no further). When no point reaches
    it, the least correction within one standard error of the curve's minimum; the scan
    then stops once ``scan_patience`` points in a row lie above that floor (the curve has
-   turned: more correction overshoots).
+   turned: more correction overshoots). When the uncorrected model's statistic lies fewer
+   than :data:`WEAK_CALIBRATION_SE` standard errors above the target (a small request, few
+   held-out pairs), the data barely constrain the damping: the diagnostics record that
+   ``calibration_power`` and a warning says to check the result against a Gold band.
 4. **Curvature mix from held-out data** (``interactions`` requests): the damping pins the
    centre of D_f's scores; their spread depends on the curvature. With the retain curvature
    alone, rows D_f pulled hardest are over-corrected and the lightly pulled ones under, so
@@ -52,6 +55,7 @@ eigendecomposition in float32 (relative error ~1e-7 against float64 on synthetic
 from __future__ import annotations
 
 import logging
+import math
 import time
 from dataclasses import dataclass, replace
 from typing import Any, Literal
@@ -73,6 +77,38 @@ logger = logging.getLogger(__name__)
 
 #: models whose final embeddings are a linear map of the ID tables
 SUPPORTED_MODELS = ("mf", "lightgcn", "freedom")
+#: the uncorrected model's calibration statistic must lie this many of its standard errors
+#: above the target for the damping to be set by the data rather than by its noise
+WEAK_CALIBRATION_SE = 2.0
+
+
+def calibration_power(stat: float, se: float, target: float) -> float:
+    """How many standard errors the uncorrected model's statistic lies above ``target``
+    (``(stat - target) / se``; NaN without a finite, positive standard error)."""
+    if not (math.isfinite(stat) and math.isfinite(se) and se > 0):
+        return float("nan")
+    return (stat - target) / se
+
+
+def warn_if_weakly_calibrated(kind: str, diag: dict[str, Any], target: float) -> None:
+    """Log a warning when the damping in ``diag`` (HIR's diagnostics) was calibrated but the
+    data hardly constrained it: no calibration unit, or the uncorrected model's statistic
+    fewer than :data:`WEAK_CALIBRATION_SE` standard errors above ``target``."""
+    if diag["kappa_how"] == "fixed":
+        return
+    power = diag["calibration_power"]
+    if not math.isfinite(power):
+        logger.warning("hir: %s request: nothing to calibrate on (no forgotten unit has held-out "
+                       "pairs), so the damping is the grid's largest, not set by data; check "
+                       "this result against a Gold band", kind)
+    elif power < WEAK_CALIBRATION_SE:
+        logger.warning("hir: %s request: the uncorrected model's calibration statistic is %.3f "
+                       "+- %.3f (%d units), %.1f standard errors from %.2f, so the calibration "
+                       "barely tells it from a model that never saw the forgotten data and the "
+                       "damping it sets (kappa %.3g) is mostly noise; check this result against "
+                       "a Gold band (compare, or process with gold: now)", kind,
+                       diag["stat_before"], diag["stat_before_se"], diag["calibration_units"],
+                       power, target, diag["kappa"])
 
 
 @dataclass
@@ -194,6 +230,7 @@ class HIR(Method):
                     "CG residual %.1e, %.2fs", diag["kappa"], diag["kappa_how"], diag["stat_before"],
                     diag["stat_after"], diag["item_rows"], diag["user_rows"],
                     diag["cg_rel_residual"], diag["seconds"]["total"])
+        warn_if_weakly_calibrated(fset.request.kind, diag, s.target)
         return MethodResult(self.name, state, info, time.perf_counter() - t0, start, extra)
 
     def _remove(self, model: torch.nn.Module, job: Job, redrawn: dict[str, np.ndarray],
@@ -254,6 +291,7 @@ class HIR(Method):
         diag = {"kappa": kappa, "kappa_how": how, "target": s.target, "curvature_mix": mix,
                 "mix_curve": mix_curve,
                 "stat_before": before[0], "stat_before_se": before[1],
+                "calibration_power": calibration_power(before[0], before[1], s.target),
                 "stat_chosen": chosen[0], "stat_after": after[0], "stat_after_se": after[1],
                 "calibration_units": cal.n_units, "curve": [list(c) for c in curve],
                 "item_rows": int(corr.item_rows.size), "user_rows": int(corr.user_rows.size),
