@@ -29,7 +29,8 @@ from mmrecun_ray.unlearning.influence import (DampedRows, ItemsLayout, KnownItem
                                               forget_gradient, grouped_auc, is_linear_map,
                                               make_calibrator, retain_curvature, weighted_grams)
 from mmrecun_ray.unlearning.methods import Job, MethodResult, build_methods
-from mmrecun_ray.unlearning.methods.hir import WEAK_CALIBRATION_SE, HIR, HIRSettings, HIRTwin
+from mmrecun_ray.unlearning.methods.hir import (WEAK_CALIBRATION_SE, HIR, HIRSettings, HIRTwin,
+                                                calibration_power, warn_if_weakly_calibrated)
 from mmrecun_ray.unlearning.requests import ForgetSet, parse_request, resolve_request
 
 
@@ -415,7 +416,7 @@ def test_a_model_that_never_saw_the_forgotten_data_is_flagged_as_weakly_calibrat
     assert memorised.extra["hir"]["calibration_power"] >= WEAK_CALIBRATION_SE + 1
     with caplog.at_level(logging.WARNING, logger=hir_log):
         HIR().run(job)
-    assert "calibration" not in caplog.text
+    assert "Gold band" not in caplog.text
     never_saw = replace(_job(tiny, _train(job.fset.retain, "lightgcn"), "lightgcn", "users:10%"),
                         fset=job.fset)
     with caplog.at_level(logging.WARNING, logger=hir_log):
@@ -423,11 +424,30 @@ def test_a_model_that_never_saw_the_forgotten_data_is_flagged_as_weakly_calibrat
     diag = res.extra["hir"]
     assert abs(diag["stat_before"] - 0.5) < 2 * diag["stat_before_se"]
     assert diag["calibration_power"] < WEAK_CALIBRATION_SE
-    assert "calibration barely tells it from a model that never saw" in caplog.text
+    assert "check this result against a Gold band" in caplog.text
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger=hir_log):
         HIR(HIRSettings(fixed_kappa=1.0)).run(never_saw)
-    assert "calibration" not in caplog.text
+    assert "Gold band" not in caplog.text
+
+
+@pytest.mark.parametrize("stat, se, how, expected", [
+    (0.563, 0.053, "crossing", "only 1.2 standard errors above 0.50"),   # Last.fm-2K items seed 1
+    (0.698, 0.024, "crossing", None),                                    # 8.2 s.e.: no warning
+    (0.441, 0.027, "at or below target", "not above 0.50"),             # the demo's tiny users
+    (float("nan"), float("nan"), "no calibration units", "nothing to calibrate on"),
+    (0.51, 0.05, "fixed", None),                                         # damping set by hand
+])
+def test_weak_calibration_warning_names_how_far_the_statistic_is_from_one_half(
+        stat, se, how, expected, caplog: pytest.LogCaptureFixture) -> None:
+    diag = {"kappa": 4.67, "kappa_how": how, "stat_before": stat, "stat_before_se": se,
+            "calibration_units": 25, "calibration_power": calibration_power(stat, se, 0.5)}
+    with caplog.at_level(logging.WARNING, logger="mmrecun_ray.unlearning.methods.hir"):
+        warn_if_weakly_calibrated("items", diag, 0.5)
+    if expected is None:
+        assert caplog.text == ""
+    else:
+        assert expected in caplog.text and "Gold band" in caplog.text
 
 
 @pytest.mark.parametrize("spec", ["items:5%", "interactions:10%"])

@@ -101,12 +101,19 @@ def warn_if_weakly_calibrated(kind: str, diag: dict[str, Any], target: float) ->
         logger.warning("hir: %s request: nothing to calibrate on (no forgotten unit has held-out "
                        "pairs), so the damping is the grid's largest, not set by data; check "
                        "this result against a Gold band", kind)
+    elif power <= 0:
+        logger.warning("hir: %s request: the uncorrected model's calibration statistic is %.3f "
+                       "+- %.3f (%d units), not above %.2f: the calibration sees nothing of the "
+                       "forgotten data in it, so the damping (kappa %.3g) is not set by data; "
+                       "check this result against a Gold band "
+                       "(compare, or process with gold: now)", kind, diag["stat_before"],
+                       diag["stat_before_se"], diag["calibration_units"], target, diag["kappa"])
     elif power < WEAK_CALIBRATION_SE:
         logger.warning("hir: %s request: the uncorrected model's calibration statistic is %.3f "
-                       "+- %.3f (%d units), %.1f standard errors from %.2f, so the calibration "
-                       "barely tells it from a model that never saw the forgotten data and the "
-                       "damping it sets (kappa %.3g) is mostly noise; check this result against "
-                       "a Gold band (compare, or process with gold: now)", kind,
+                       "+- %.3f (%d units), only %.1f standard errors above %.2f: the "
+                       "calibration barely tells it from a model that never saw the forgotten "
+                       "data, so the damping it sets (kappa %.3g) is mostly noise; check this "
+                       "result against a Gold band (compare, or process with gold: now)", kind,
                        diag["stat_before"], diag["stat_before_se"], diag["calibration_units"],
                        power, target, diag["kappa"])
 
