@@ -431,17 +431,18 @@ def test_a_model_that_never_saw_the_forgotten_data_is_flagged_as_weakly_calibrat
     assert "Gold band" not in caplog.text
 
 
-@pytest.mark.parametrize("stat, se, how, expected", [
-    (0.563, 0.053, "crossing", "only 1.2 standard errors above 0.50"),   # Last.fm-2K items seed 1
-    (0.698, 0.024, "crossing", None),                                    # 8.2 s.e.: no warning
-    (0.441, 0.027, "at or below target", "not above 0.50"),             # the demo's tiny users
-    (float("nan"), float("nan"), "no calibration units", "nothing to calibrate on"),
-    (0.51, 0.05, "fixed", None),                                         # damping set by hand
+@pytest.mark.parametrize("stat, se, units, how, expected", [
+    (0.563, 0.053, 25, "crossing", "only 1.2 standard errors above 0.50"),  # Last.fm-2K items seed 1
+    (0.698, 0.024, 23, "crossing", None),                                   # 8.2 s.e.: no warning
+    (0.441, 0.027, 15, "at or below target", "not above 0.50"),            # the demo's tiny users
+    (float("nan"), float("nan"), 0, "no calibration units", "nothing to calibrate on"),
+    (0.700, 0.0, 1, "crossing", "has no standard error (1 units)"),        # one unit: se 0
+    (0.51, 0.05, 25, "fixed", None),                                        # damping set by hand
 ])
 def test_weak_calibration_warning_names_how_far_the_statistic_is_from_one_half(
-        stat, se, how, expected, caplog: pytest.LogCaptureFixture) -> None:
+        stat, se, units, how, expected, caplog: pytest.LogCaptureFixture) -> None:
     diag = {"kappa": 4.67, "kappa_how": how, "stat_before": stat, "stat_before_se": se,
-            "calibration_units": 25, "calibration_power": calibration_power(stat, se, 0.5)}
+            "calibration_units": units, "calibration_power": calibration_power(stat, se, 0.5)}
     with caplog.at_level(logging.WARNING, logger="mmrecun_ray.unlearning.methods.hir"):
         warn_if_weakly_calibrated("items", diag, 0.5)
     if expected is None:

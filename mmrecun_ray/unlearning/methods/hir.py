@@ -92,15 +92,22 @@ def calibration_power(stat: float, se: float, target: float) -> float:
 
 def warn_if_weakly_calibrated(kind: str, diag: dict[str, Any], target: float) -> None:
     """Log a warning when the damping in ``diag`` (HIR's diagnostics) was calibrated but the
-    data hardly constrained it: no calibration unit, or the uncorrected model's statistic
-    fewer than :data:`WEAK_CALIBRATION_SE` standard errors above ``target``."""
+    data hardly constrained it: no calibration unit, a statistic without a standard error
+    (one unit, or every unit alike), or the uncorrected model's statistic fewer than
+    :data:`WEAK_CALIBRATION_SE` standard errors above ``target``."""
     if diag["kappa_how"] == "fixed":
         return
     power = diag["calibration_power"]
-    if not math.isfinite(power):
+    if diag["calibration_units"] == 0:
         logger.warning("hir: %s request: nothing to calibrate on (no forgotten unit has held-out "
                        "pairs), so the damping is the grid's largest, not set by data; check "
                        "this result against a Gold band", kind)
+    elif not math.isfinite(power):
+        logger.warning("hir: %s request: the uncorrected model's calibration statistic %.3f has "
+                       "no standard error (%d units), so its noise is unknown and the damping it "
+                       "sets (kappa %.3g) may be noise; check this result against a Gold band "
+                       "(compare, or process with gold: now)", kind, diag["stat_before"],
+                       diag["calibration_units"], diag["kappa"])
     elif power <= 0:
         logger.warning("hir: %s request: the uncorrected model's calibration statistic is %.3f "
                        "+- %.3f (%d units), not above %.2f: the calibration sees nothing of the "
