@@ -40,6 +40,14 @@ No training loop, no Ray workers: seconds on a CPU for ``users``, ``items`` and
    symmetric), ``M`` the model's linear map ID tables -> final embeddings over the retain
    graph, so rows outside ``dF`` keep their final embeddings up to the CG tolerance.
 
+Known limit (``interactions`` requests; README "Where the interactions residue sits",
+``bench/residue.py``): each forgotten pair's pull is its BPR gradient weight
+``mean_j sigmoid(s_uj - s_ui)``, which vanishes for the pairs the trained model ranks best.
+So the best-fitted pairs stay in the top 20 more often than after a retrain, and the
+loosely fitted ones sink below a retrain's level. The damping and the mix scale the whole
+allocation but do not change it; no ``interactions`` request measured so far passes a Gold
+band.
+
 Models: ``mf`` (``M = I``), ``lightgcn`` (``(I + A + A^2)/3``), ``freedom`` (adds the frozen
 item-item graph; its modality projections and 1e-4 modality losses are left as they are).
 ``vbpr`` (half of an item's final embedding comes from its features, not its ID row),
