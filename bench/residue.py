@@ -29,10 +29,9 @@ from mmrecun_ray.errors import ConfigError  # noqa: E402
 from mmrecun_ray.evaluation.evaluate import embeddings, train_csr  # noqa: E402
 from mmrecun_ray.evaluation.ranking import full_ranking_topk  # noqa: E402
 from mmrecun_ray.training.export import load_model  # noqa: E402
+from mmrecun_ray.unlearning.audit import K  # noqa: E402  (the audit's list length)
 from mmrecun_ray.unlearning.lifecycle import concrete_request  # noqa: E402
 from mmrecun_ray.unlearning.requests import ForgetSet, resolve_request  # noqa: E402
-
-K = 20
 
 
 def pair_percentiles(user_emb: torch.Tensor, item_emb: torch.Tensor, pu: np.ndarray,
