@@ -10,6 +10,13 @@ by the trained model's percentile (over the original graph: how well it fitted t
 Per bin: the method's percentile minus the Gold seeds' mean (paired over pairs, ± s.e.), and
 the top-20 rate of the trained model, the method and the Golds (mean, min-max). A method
 whose correction matched a retrain pair by pair reads 0 in every bin.
+
+A second table splits every bin at its median *retain support*: the pair's within-user
+percentile, among the same candidates, of an item-kNN score computed on the retain train
+pairs alone, ``sum_{j in R(u)} cos(i, j)`` (co-occurrence cosine, no D_f pair, no model). It
+shows whether the residue sits in the pairs the rest of the data would predict (high support)
+or in those only D_f taught the model (low support). The item-item matrix is dense:
+``n_items^2`` floats.
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mmrecun_ray.data.dataset import load_dataset  # noqa: E402
+from mmrecun_ray.data.schema import RecDataset  # noqa: E402
 from mmrecun_ray.errors import ConfigError  # noqa: E402
 from mmrecun_ray.evaluation.evaluate import embeddings, train_csr  # noqa: E402
 from mmrecun_ray.evaluation.ranking import full_ranking_topk  # noqa: E402
@@ -52,6 +60,38 @@ def top_hits(user_emb: torch.Tensor, item_emb: torch.Tensor, fset: ForgetSet) ->
     top = full_ranking_topk(user_emb, item_emb, users, train_csr(fset.retain), K)
     row = np.searchsorted(users, pu)
     return (top[row] == pi[:, None]).any(1)
+
+
+def support_percentiles(retain: RecDataset, pu: np.ndarray, pi: np.ndarray,
+                        cand: np.ndarray, batch: int = 512) -> np.ndarray:
+    """``(P,)`` within-user percentile (ties count 1/2) of each pair's item-kNN score among
+    its ``cand`` row ``(P, C)``. Score ``k(u, i) = sum_{j in R(u)} cos(i, j)``: ``R(u)`` the
+    user's retain train items, ``cos`` the co-occurrence cosine over retain train users
+    (diagonal zeroed)."""
+    n_u, n_i = retain.n_users, retain.n_items
+    u_idx = torch.from_numpy(retain.train.user.astype(np.int64))
+    i_idx = torch.from_numpy(retain.train.item.astype(np.int64))
+    deg = torch.bincount(i_idx, minlength=n_i).clamp_min(1).float()
+    norm = torch.sparse_coo_tensor(torch.stack([u_idx, i_idx]), deg[i_idx].rsqrt(), (n_u, n_i),
+                                   check_invariants=True).coalesce()
+    cols = [torch.arange(c, min(c + batch, n_i)) for c in range(0, n_i, batch)]
+    sim = torch.cat([torch.sparse.mm(norm.t(), norm.index_select(1, c).to_dense()) for c in cols],
+                    1)                                                   # (n_i, n_i) cosines
+    sim.fill_diagonal_(0.0)
+    indptr, items = train_csr(retain)
+    out = np.empty(pu.size)
+    order = np.argsort(pu, kind="stable")
+    for s in range(0, pu.size, batch):
+        rows = order[s:s + batch]
+        users, inv = np.unique(pu[rows], return_inverse=True)
+        x = torch.zeros(users.size, n_i)
+        for r, u in enumerate(users):
+            x[r, torch.from_numpy(items[indptr[u]:indptr[u + 1]].astype(np.int64))] = 1.0
+        k = (x @ sim)[torch.from_numpy(inv)]                              # (B, n_i)
+        own = k.gather(1, torch.from_numpy(pi[rows].astype(np.int64))[:, None])
+        other = k.gather(1, torch.from_numpy(cand[rows].astype(np.int64)))
+        out[rows] = ((other < own).double().mean(1) + 0.5 * (other == own).double().mean(1)).numpy()
+    return out
 
 
 def _models(compare: Path, method: str) -> tuple[dict, list[str], str]:
@@ -113,6 +153,22 @@ def main() -> int:
         print(f"| {lo:.3f}-{hi:.3f} | {part.size} | {d.mean():+.4f} ± {d.std(ddof=1) / np.sqrt(d.size):.4f} "
               f"| {hit['trained'][part].mean():.3f} | {hit[args.method][part].mean():.3f} "
               f"| {g.mean():.3f} ({g.min():.3f}-{g.max():.3f}) |")
+    support = support_percentiles(fset.retain, pu, pi, cand)
+    gold_rate = gold_hit.mean(0)
+    print("\nBy retain support (item-kNN on the retain train pairs), each bin split at its median:\n")
+    print(f"| trained pct (bin) | support half | pairs | {args.method} - Gold pct | top-20: "
+          f"{args.method} | Gold mean |")
+    print("|---|---|---|---|---|---|")
+    for part in np.array_split(order, args.bins):
+        cut = np.median(support[part])
+        lo, hi = pct["trained"][part].min(), pct["trained"][part].max()
+        for name, half in (("low", part[support[part] < cut]), ("high", part[support[part] >= cut])):
+            if half.size == 0:
+                continue
+            d = pct[args.method][half] - gold_pct[half]
+            se = d.std(ddof=1) / np.sqrt(d.size) if d.size > 1 else float("nan")
+            print(f"| {lo:.3f}-{hi:.3f} | {name} | {half.size} | {d.mean():+.4f} ± {se:.4f} "
+                  f"| {hit[args.method][half].mean():.3f} | {gold_rate[half].mean():.3f} |")
     return 0
 
 

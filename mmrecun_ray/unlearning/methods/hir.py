@@ -44,9 +44,10 @@ Known limit (``interactions`` requests; README "Where the interactions residue s
 ``bench/residue.py``): each forgotten pair's pull is its BPR gradient weight
 ``mean_j sigmoid(s_uj - s_ui)``, which vanishes for the pairs the trained model ranks best.
 So the best-fitted pairs stay in the top 20 more often than after a retrain, and the
-loosely fitted ones sink below a retrain's level. The damping and the mix scale the whole
-allocation but do not change it; no ``interactions`` request measured so far passes a Gold
-band.
+loosely fitted ones sink below a retrain's level. The excess sits in the pairs the retain
+data support little (an item-kNN score on the retain pairs; the script's second table). The
+damping and the mix scale the whole allocation but do not change it; no ``interactions``
+request measured so far passes a Gold band.
 
 Models: ``mf`` (``M = I``), ``lightgcn`` (``(I + A + A^2)/3``), ``freedom`` (adds the frozen
 item-item graph; its modality projections and 1e-4 modality losses are left as they are).
