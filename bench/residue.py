@@ -52,12 +52,15 @@ def pair_percentiles(user_emb: torch.Tensor, item_emb: torch.Tensor, pu: np.ndar
     return (sc < s[:, None]).double().mean(1).numpy()
 
 
-def top_hits(user_emb: torch.Tensor, item_emb: torch.Tensor, fset: ForgetSet) -> np.ndarray:
+def top_hits(user_emb: torch.Tensor, item_emb: torch.Tensor, fset: ForgetSet,
+             retain_csr: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
     """``(P,)`` bool: D_f pair in its user's top-20 over the catalogue, retain training
-    items masked (forget Recall@20's ranking)."""
+    items masked (forget Recall@20's ranking). ``retain_csr``: ``train_csr(fset.retain)``
+    when the caller already holds it."""
     pu, pi = fset.forget.user.astype(np.int64), fset.forget.item.astype(np.int64)
     users = np.unique(pu)
-    top = full_ranking_topk(user_emb, item_emb, users, train_csr(fset.retain), K)
+    csr = train_csr(fset.retain) if retain_csr is None else retain_csr
+    top = full_ranking_topk(user_emb, item_emb, users, csr, K)
     row = np.searchsorted(users, pu)
     return (top[row] == pi[:, None]).any(1)
 
@@ -137,20 +140,26 @@ def main() -> int:
              args.method: embeddings(load_model(mdir, fset.retain)[0])}
     gold_views = [embeddings(load_model(g, fset.retain)[0]) for g in golds]
     pct = {k: pair_percentiles(*v, pu, pi, cand) for k, v in views.items()}
-    hit = {k: top_hits(*v, fset) for k, v in views.items()}
+    retain_csr = train_csr(fset.retain)
+    hit = {k: top_hits(*v, fset, retain_csr) for k, v in views.items()}
     gold_pct = np.mean([pair_percentiles(*v, pu, pi, cand) for v in gold_views], 0)
-    gold_hit = np.stack([top_hits(*v, fset) for v in gold_views]).astype(float)
-    order = np.argsort(pct["trained"], kind="stable")
+    gold_hit = np.stack([top_hits(*v, fset, retain_csr) for v in gold_views]).astype(float)
+    parts = np.array_split(np.argsort(pct["trained"], kind="stable"), args.bins)
+
+    def gap(idx: np.ndarray) -> str:
+        """The method's percentile minus the Golds' mean over pairs ``idx``, ``mean ± s.e.``"""
+        d = pct[args.method][idx] - gold_pct[idx]
+        se = d.std(ddof=1) / np.sqrt(d.size) if d.size > 1 else float("nan")
+        return f"{d.mean():+.4f} ± {se:.4f}"
     print(f"{args.compare}: {payload['request']['spec']}, {pu.size} pairs, {len(golds)} Golds, "
           f"method {args.method}\n")
     print(f"| trained pct (bin) | pairs | {args.method} - Gold pct | top-20: trained | "
           f"{args.method} | Gold mean (min-max) |")
     print("|---|---|---|---|---|---|")
-    for part in np.array_split(order, args.bins):
-        d = pct[args.method][part] - gold_pct[part]
+    for part in parts:
         g = gold_hit[:, part].mean(1)
         lo, hi = pct["trained"][part].min(), pct["trained"][part].max()
-        print(f"| {lo:.3f}-{hi:.3f} | {part.size} | {d.mean():+.4f} ± {d.std(ddof=1) / np.sqrt(d.size):.4f} "
+        print(f"| {lo:.3f}-{hi:.3f} | {part.size} | {gap(part)} "
               f"| {hit['trained'][part].mean():.3f} | {hit[args.method][part].mean():.3f} "
               f"| {g.mean():.3f} ({g.min():.3f}-{g.max():.3f}) |")
     support = support_percentiles(fset.retain, pu, pi, cand)
@@ -159,15 +168,13 @@ def main() -> int:
     print(f"| trained pct (bin) | support half | pairs | {args.method} - Gold pct | top-20: "
           f"{args.method} | Gold mean |")
     print("|---|---|---|---|---|---|")
-    for part in np.array_split(order, args.bins):
+    for part in parts:
         cut = np.median(support[part])
         lo, hi = pct["trained"][part].min(), pct["trained"][part].max()
         for name, half in (("low", part[support[part] < cut]), ("high", part[support[part] >= cut])):
             if half.size == 0:
                 continue
-            d = pct[args.method][half] - gold_pct[half]
-            se = d.std(ddof=1) / np.sqrt(d.size) if d.size > 1 else float("nan")
-            print(f"| {lo:.3f}-{hi:.3f} | {name} | {half.size} | {d.mean():+.4f} ± {se:.4f} "
+            print(f"| {lo:.3f}-{hi:.3f} | {name} | {half.size} | {gap(half)} "
                   f"| {hit[args.method][half].mean():.3f} | {gold_rate[half].mean():.3f} |")
     return 0
 
